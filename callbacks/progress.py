@@ -1,0 +1,124 @@
+"""`ProgressBar`: fastprogress bars with a live loss, and the epoch table."""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from fastprogress.fastprogress import ConsoleMasterBar, format_time, master_bar, progress_bar
+
+from loopkit import Callback
+
+
+def format_row(cells: list[str], widths: list[int]) -> str:
+    """Left-align `cells` in columns of `widths`, two spaces apart."""
+    return "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+
+
+class ProgressBar(Callback):
+    """Show bars for epochs and batches with a live loss, and print one table row per epoch.
+
+    Events: before_fit, before_epoch, before_train, before_validate, after_batch,
+    after_train, after_validate, after_epoch, after_fit.
+    Reads: n_epochs, epoch, n_iter, iter, training, loss, and
+    `learn.avg_stats.history` (the row it prints).
+    Writes on the learner: nothing.
+    order = 50: runs after `AvgStats` has written the epoch's row.
+
+    Bars are drawn in a notebook or when stdout is a terminal; elsewhere (logs,
+    CI) only the table is printed. With `enabled=False` (or
+    `learn.progress_bar.enabled = False`) it prints nothing. The live loss
+    is read from the device at most every `refresh` seconds. `write` is the
+    function the table lines go to when no bars are drawn (default `print`).
+    """
+
+    order = 50
+
+    def __init__(self, enabled: bool = True, refresh: float = 0.25, write: Callable[[str], Any] = print) -> None:
+        self.enabled, self.refresh, self.write = enabled, refresh, write
+        self._mbar: Any = None
+        self._pbar: Any = None
+
+    def before_fit(self) -> None:
+        self._widths: list[int] = []
+        interactive = master_bar is not ConsoleMasterBar or sys.stdout.isatty()
+        self._bars = self.enabled and interactive
+        if self._bars:
+            self._mbar = master_bar(range(self.n_epochs))
+            self._mbar.on_iter_begin()
+
+    def before_epoch(self) -> None:
+        self._epoch_start = time.perf_counter()
+        if self._bars:
+            self._mbar.update(self.epoch)
+
+    def _start_phase(self) -> None:
+        if self._bars:
+            total = self.n_iter if self.n_iter is not None else "noinfer"
+            self._pbar = progress_bar(range(self.n_iter or 0), total=total, parent=self._mbar, leave=False)
+            self._pbar.update(0)
+            self._last_shown = time.perf_counter()
+
+    def before_train(self) -> None:
+        self._start_phase()
+
+    def before_validate(self) -> None:
+        self._start_phase()
+
+    def after_batch(self) -> None:
+        if self._pbar is not None:
+            now = time.perf_counter()
+            if self.training and self.loss is not None and now - self._last_shown >= self.refresh:
+                self._pbar.comment = f"loss {self.loss.item():.4f}"
+                self._last_shown = now
+            self._pbar.update(self.iter + 1)
+
+    def _end_phase(self) -> None:
+        if self._pbar is not None:
+            if self._pbar.total is None or self._pbar.last_v is not None:
+                self._pbar.on_iter_end()
+            self._pbar = None
+
+    def after_train(self) -> None:
+        self._end_phase()
+
+    def after_validate(self) -> None:
+        self._end_phase()
+
+    def after_epoch(self) -> None:
+        self._end_phase()
+        if not self.enabled:
+            return
+        stats = getattr(self.learn, "avg_stats", None)
+        row: dict[str, float] = dict(stats.history[-1]) if stats is not None and stats.history else {"epoch": self.epoch}
+        names = list(row) + ["time"]
+        cells = [_cell(name, row.get(name)) for name in row] + [format_time(time.perf_counter() - self._epoch_start)]
+        if self._bars:
+            if not self._widths:
+                self._mbar.write(names, table=True)
+                self._widths = [1]
+            self._mbar.write(cells, table=True)
+            return
+        if not self._widths:
+            self._widths = [max(len(n), 8) for n in names]
+            self.write(format_row(names, self._widths))
+        self.write(format_row(cells, self._widths))
+
+    def after_fit(self) -> None:
+        if self._pbar is not None:  # the fit was interrupted mid-phase
+            self._pbar.on_interrupt()
+            self._pbar = None
+        if self._mbar is not None:
+            self._mbar.on_iter_end()
+            self._mbar = None
+
+
+def _cell(name: str, value: Any) -> str:
+    if name == "epoch":
+        return str(int(value))
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.6f}"
+    return str(value)

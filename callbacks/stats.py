@@ -1,0 +1,207 @@
+"""Averaged loss and metrics per phase, weighted by batch size, synced once per phase."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from loopkit import Callback
+
+Metric = Callable[..., Any]
+
+
+def batch_size(items: Any) -> int:
+    """Return the number of samples in `items`: the first dimension of its first tensor.
+
+    `items` may be a tensor or nested tuples, lists and dicts of them; a plain
+    sequence without tensors counts its own length.
+    """
+    if isinstance(items, torch.Tensor):
+        return int(items.shape[0]) if items.ndim else 1
+    if isinstance(items, dict):
+        items = list(items.values())
+    if isinstance(items, (tuple, list)):
+        for item in items:
+            if isinstance(item, (torch.Tensor, tuple, list, dict)):
+                return batch_size(item)
+        return len(items)
+    raise TypeError(f"cannot tell the batch size of a {type(items).__name__}; yield tensors from the loader.")
+
+
+class WeightedSums:
+    """Sums of per-batch means weighted by batch size, kept on the device.
+
+    `add(values, n)` only detaches and appends (no arithmetic, no host sync);
+    every `fold_every` batches the pending values are folded into running sums
+    with one stack and one weighted reduction. `totals()` returns
+    `[count, sum_0, sum_1, ...]` as one tensor, and `means(totals)` turns it
+    into floats with the single host sync of the phase.
+    """
+
+    def __init__(self, n_values: int, fold_every: int = 256) -> None:
+        self.n_values, self.fold_every = n_values, fold_every
+        self.count = 0
+        self._pending: list[tuple[torch.Tensor | float, ...]] = []
+        self._sizes: list[int] = []
+        self._sums: torch.Tensor | None = None
+
+    def add(self, values: Sequence[torch.Tensor | float], n: int) -> None:
+        """Add the per-batch means `values` of a batch of `n` samples.
+
+        Raises `ValueError` if a value has more than one element (checked on the first batch).
+        """
+        if not self._pending and self._sums is None:
+            for i, v in enumerate(values):
+                if isinstance(v, torch.Tensor) and v.numel() != 1:
+                    raise ValueError(
+                        f"value {i} of the batch (0 is the loss, then the metrics in order) has shape "
+                        f"{tuple(v.shape)}; a metric must return the batch mean as a scalar tensor."
+                    )
+        self._pending.append(tuple(v.detach() if isinstance(v, torch.Tensor) else v for v in values))
+        self._sizes.append(n)
+        self.count += n
+        if len(self._pending) >= self.fold_every:
+            self._fold()
+
+    def _fold(self) -> None:
+        pending, self._pending = self._pending, []
+        sizes, self._sizes = self._sizes, []
+        if not pending:
+            return
+        first = next((v for v in pending[0] if isinstance(v, torch.Tensor)), None)
+        device = first.device if first is not None else torch.device("cpu")
+        # float64 keeps long phases exact; MPS has no float64, so stay in float32 there.
+        dtype = torch.float32 if device.type == "mps" else torch.float64
+        columns = []
+        for i in range(self.n_values):
+            column = [row[i] for row in pending]
+            if not all(isinstance(v, torch.Tensor) for v in column):
+                column = [torch.as_tensor(v, device=device) for v in column]
+            columns.append(torch.stack(column).reshape(len(pending)).to(dtype))
+        folded = torch.tensor(sizes, dtype=dtype, device=device) @ torch.stack(columns, dim=1)
+        self._sums = folded if self._sums is None else self._sums + folded
+
+    def totals(self) -> torch.Tensor:
+        """Return `[count, sum_0, ...]` as one tensor on the values' device."""
+        self._fold()
+        if self._sums is None:
+            return torch.zeros(1 + self.n_values, dtype=torch.float64)
+        count = torch.full((1,), self.count, dtype=self._sums.dtype, device=self._sums.device)
+        return torch.cat([count, self._sums])
+
+    @staticmethod
+    def means(totals: torch.Tensor) -> tuple[int, list[float]]:
+        """Return the count and the weighted means from `totals()` (one host sync)."""
+        count, *sums = totals.tolist()
+        return int(count), [s / count if count else math.nan for s in sums]
+
+
+@dataclass
+class PhaseStats:
+    """The averaged figures of one phase: `loss`, `metrics` (name -> float), `count` samples."""
+
+    loss: float = math.nan
+    metrics: dict[str, float] = field(default_factory=dict)
+    count: int = 0
+
+
+class AvgStats(Callback):
+    """Average the loss and metrics of each phase over its samples, weighted by batch size.
+
+    Events: before_fit, before_epoch, before_train, before_validate, after_loss,
+    after_train, after_validate, after_epoch. Reads: training, loss, pred, yb, xb, model, epoch.
+    Writes on the learner: nothing.
+    Publishes: `train` and `valid` (`PhaseStats` of the latest phase of each kind),
+    `history` (one dict per epoch: `epoch`, `train_loss`, `train_<metric>` when
+    `train_metrics`, `valid_loss`, `<metric>` when there is a valid loader).
+    order = -20: its `after_epoch` row is ready before progress bars and loggers read it.
+
+    A metric is `f(pred, *yb) -> scalar tensor` (the mean over the batch), named by
+    its `__name__`. Metrics run on validation batches only unless `train_metrics`.
+    The loss is read at `after_loss`, before any callback rescales it for backward.
+    Sums stay on the device; each phase is read once, at its end. When the model is
+    wrapped in `DistributedDataParallel`, the sums are all-reduced once per phase, so
+    the figures are global per-sample means.
+    """
+
+    order = -20
+
+    def __init__(self, metrics: Sequence[Metric] | None = None, train_metrics: bool = False) -> None:
+        self.metrics = list(metrics or [])
+        for metric in self.metrics:
+            if not callable(metric):
+                raise TypeError(f"each metric must be a function f(pred, *yb) -> tensor, got {metric!r}.")
+        self.metric_names = [getattr(m, "__name__", type(m).__name__) for m in self.metrics]
+        if len(set(self.metric_names)) != len(self.metric_names):
+            raise ValueError(f"metric names must be unique, got {self.metric_names}; give each function its own __name__.")
+        self.train_metrics = train_metrics
+        self.train, self.valid = PhaseStats(), PhaseStats()
+        self.history: list[dict[str, float]] = []
+        self._sums: WeightedSums | None = None
+
+    def before_fit(self) -> None:
+        self.history = []
+        self._with_metrics = False
+
+    def _start(self, with_metrics: bool) -> None:
+        self._with_metrics = with_metrics and bool(self.metrics)
+        self._sums = WeightedSums(1 + len(self.metrics) if self._with_metrics else 1)
+
+    def before_epoch(self) -> None:
+        # A phase that does not run this epoch (cancelled, or no valid loader) reports nan.
+        self.train, self.valid = PhaseStats(), PhaseStats()
+
+    def before_train(self) -> None:
+        self._start(self.train_metrics)
+
+    def before_validate(self) -> None:
+        self._start(True)
+
+    def after_loss(self) -> None:
+        learn = self.learn  # direct reads: this runs on every batch
+        yb = learn.yb
+        first = yb[0] if yb else learn.xb[0]
+        n = first.shape[0] if isinstance(first, torch.Tensor) and first.ndim else batch_size(yb or learn.xb)
+        if self._with_metrics:
+            pred = learn.pred
+            self._sums.add([learn.loss, *(m(pred, *yb) for m in self.metrics)], n)  # type: ignore[union-attr]
+        else:
+            self._sums.add((learn.loss,), n)  # type: ignore[union-attr]
+
+    def _finish(self) -> PhaseStats:
+        sums, self._sums = self._sums, None
+        if sums is None:
+            return PhaseStats()
+        totals = sums.totals()
+        if isinstance(self.model, DistributedDataParallel) and dist.is_initialized():
+            dist.all_reduce(totals)
+        count, means = WeightedSums.means(totals)
+        names = self.metric_names if self._with_metrics else []
+        return PhaseStats(means[0], dict(zip(names, means[1:])), count)
+
+    def after_train(self) -> None:
+        self.train = self._finish()
+
+    def after_validate(self) -> None:
+        self.valid = self._finish()
+
+    def after_epoch(self) -> None:
+        if self._sums is not None:  # the epoch was cancelled mid-phase: report what was seen
+            stats = self._finish()
+            if self.training:
+                self.train = stats
+            else:
+                self.valid = stats
+        row: dict[str, float] = {"epoch": self.epoch, "train_loss": self.train.loss}
+        if self.train_metrics:
+            row.update({f"train_{k}": self.train.metrics.get(k, math.nan) for k in self.metric_names})
+        if self.learn.valid_dl is not None:
+            row["valid_loss"] = self.valid.loss
+            row.update({k: self.valid.metrics.get(k, math.nan) for k in self.metric_names})
+        self.history.append(row)

@@ -1,0 +1,31 @@
+"""loopkit: a small, hackable, callback-driven training loop for PyTorch."""
+
+from .callback import Callback
+from .events import (
+    EVENTS,
+    CancelBackward,
+    CancelBatch,
+    CancelEpoch,
+    CancelException,
+    CancelFit,
+    CancelStep,
+    CancelTrain,
+    CancelValidate,
+)
+from .learner import Learner
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "EVENTS",
+    "Callback",
+    "CancelBackward",
+    "CancelBatch",
+    "CancelEpoch",
+    "CancelException",
+    "CancelFit",
+    "CancelStep",
+    "CancelTrain",
+    "CancelValidate",
+    "Learner",
+]

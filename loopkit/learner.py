@@ -1,0 +1,345 @@
+"""The `Learner` and its fit loop.
+
+`Learner.fit` is the whole loop, top to bottom. Every event fires from it, and
+the `try/except` for each cancel exception sits next to the stage it cancels:
+
+    try: before_<stage>; <body>
+    except Cancel<Stage>: after_cancel_<stage>
+    after_<stage>
+
+so a cancel unwinds the stages inside it without their `after_*` events, and
+`after_fit` alone fires whatever happens (it is the place for cleanup).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import numbers
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from .callback import Callback
+from .events import (
+    EVENTS,
+    CancelBackward,
+    CancelBatch,
+    CancelEpoch,
+    CancelException,
+    CancelFit,
+    CancelStep,
+    CancelTrain,
+    CancelValidate,
+)
+
+Batch = tuple[Any, ...] | list[Any]
+OptFunc = Callable[..., torch.optim.Optimizer]
+Metric = Callable[..., torch.Tensor]
+
+_STATE_DEFAULTS: dict[str, Any] = dict(
+    n_epochs=0, epoch=0, training=False, dl=None, iter=0, n_iter=None, train_iter=0,
+    pct_train=0.0, batch=None, xb=(), yb=(), pred=None, loss=None,
+)  # fmt: skip
+
+
+class Learner:
+    """Train `model` on `dls` with `loss_func`, firing events for callbacks.
+
+    `dls` is a pair `(train, valid)` or an object with `.train` and `.valid`;
+    `valid` may be `None`. A batch is a tuple or list whose first `n_inp` items
+    are the inputs. The optimizer is `opt_func(model.parameters(), lr=lr)`,
+    made on the first fit and kept after; assign `learn.opt` before the first
+    fit to use your own (param groups for discriminative learning rates).
+    `metrics` go to the default `AvgStats`. With `default_cbs=False` only
+    `TrainEval` is added.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        dls: Any,
+        loss_func: Callable[..., torch.Tensor],
+        opt_func: OptFunc = torch.optim.SGD,
+        lr: float = 1e-2,
+        cbs: Iterable[Callback] | None = None,
+        metrics: Sequence[Metric] | None = None,
+        n_inp: int = 1,
+        default_cbs: bool = True,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+        if not callable(loss_func):
+            raise TypeError(f"loss_func must be callable, e.g. F.cross_entropy; got {loss_func!r}.")
+        if not callable(opt_func):
+            raise TypeError(f"opt_func must build an optimizer, e.g. torch.optim.SGD; got {opt_func!r}.")
+        if not isinstance(lr, numbers.Real) or isinstance(lr, bool) or not lr >= 0:
+            raise ValueError(f"lr must be a number >= 0, got {lr!r}.")
+        if not isinstance(n_inp, int) or isinstance(n_inp, bool) or n_inp < 1:
+            raise ValueError(f"n_inp is the number of inputs in a batch and must be an int >= 1, got {n_inp!r}.")
+        for metric in metrics or ():
+            if not callable(metric):
+                raise TypeError(f"each metric must be a function f(pred, *yb) -> tensor; got {metric!r}.")
+        self.model, self.loss_func, self.opt_func, self.lr, self.n_inp = model, loss_func, opt_func, lr, n_inp
+        self.dls = dls
+        self.train_dl, self.valid_dl = self._split_dls(dls)
+        self.opt: torch.optim.Optimizer | None = None
+        self.__dict__.update(_STATE_DEFAULTS)
+        self.cbs: list[Callback] = []
+        self._by_name: dict[str, Callback] = {}
+        self._dispatch: dict[str, list[tuple[Callback, Callable[[], None]]]] = {e: [] for e in EVENTS}
+
+        from loopkit.callbacks import AvgStats, ProgressBar, Recorder, TrainEval
+
+        defaults: list[Callback] = [TrainEval()]
+        if default_cbs:
+            defaults += [AvgStats(metrics), Recorder(), ProgressBar()]
+        elif metrics:
+            raise ValueError("metrics are computed by AvgStats; with default_cbs=False add AvgStats(metrics) to cbs.")
+        self.add_cbs(defaults + list(cbs or ()))
+
+    @staticmethod
+    def _split_dls(dls: Any) -> tuple[Iterable[Batch], Iterable[Batch] | None]:
+        if hasattr(dls, "train") and hasattr(dls, "valid"):
+            train, valid = dls.train, dls.valid
+        elif isinstance(dls, (tuple, list)) and len(dls) == 2 and not all(map(_looks_like_batch, dls)):
+            train, valid = dls
+        else:
+            raise TypeError(
+                f"dls must be a pair (train, valid) or have .train and .valid, got {type(dls).__name__}; "
+                "to train without validation pass (train_dl, None)."
+            )
+        for role, dl in (("train", train), ("valid", valid)):
+            if dl is not None and not isinstance(dl, Iterable):
+                raise TypeError(f"the {role} loader must be an iterable of batches, got {type(dl).__name__}.")
+        if train is None:
+            raise TypeError("the train loader is None; fit needs training batches.")
+        return train, valid
+
+    # -- callbacks -------------------------------------------------------------------------
+
+    def add_cbs(self, *cbs: Callback | Iterable[Callback]) -> Learner:
+        """Add callbacks (instances, or lists of them) and recompute the dispatch lists.
+
+        All are checked before any is added, so a bad one leaves the learner unchanged.
+        """
+        new = list(_flatten(cbs))
+        names: dict[str, Callback] = dict(self._by_name)
+        for cb in new:
+            if not isinstance(cb, Callback):
+                raise TypeError(f"callbacks must be Callback instances, got {cb!r}; pass an instance, not the class.")
+            type(cb).check_events()
+            if cb.learn is not None or sum(cb is other for other in new) > 1:
+                where = "this" if cb.learn is self or cb.learn is None else "another"
+                raise ValueError(f"{cb!r} is already added to {where} learner; add each instance once.")
+            name = cb.cb_name
+            if name in names:
+                raise ValueError(
+                    f"a callback named {name!r} is already added ({names[name]!r}); "
+                    f"set `name` on {type(cb).__name__} to add a second one."
+                )
+            if name in self.__dict__ or hasattr(type(self), name):
+                raise ValueError(
+                    f"{type(cb).__name__}'s name {name!r} is taken by a learner attribute; "
+                    "set `name` on the class to something else."
+                )
+            names[name] = cb
+        for cb in new:
+            cb.learn = self
+        self.cbs.extend(new)
+        self._by_name = names
+        self._sort_cbs()
+        return self
+
+    def remove_cbs(self, *cbs: Callback | type[Callback] | Iterable[Callback]) -> Learner:
+        """Remove callbacks given as instances, or every callback of a given class."""
+        for cb in _flatten(cbs):
+            if isinstance(cb, type):
+                found = [c for c in self.cbs if isinstance(c, cb)]
+            else:
+                found = [c for c in self.cbs if c is cb]
+                if not found:
+                    raise ValueError(f"{cb!r} is not a callback of this learner; learn.cbs lists them.")
+            for c in found:
+                self.cbs = [other for other in self.cbs if other is not c]
+                del self._by_name[c.cb_name]
+                c.learn = None
+        self._sort_cbs()
+        return self
+
+    @contextlib.contextmanager
+    def added_cbs(self, *cbs: Callback | Iterable[Callback]) -> Iterator[Learner]:
+        """Add callbacks for the duration of a `with` block."""
+        added = list(_flatten(cbs))
+        self.add_cbs(added)
+        try:
+            yield self
+        finally:
+            self.remove_cbs([cb for cb in added if cb.learn is self])
+
+    def _sort_cbs(self) -> None:
+        # Stable sort once per change, so dispatch never sorts.
+        self.cbs.sort(key=lambda cb: cb.order)
+        self._dispatch = {e: [(cb, getattr(cb, e)) for cb in self.cbs if e in type(cb).events()] for e in EVENTS}
+
+    def __getattr__(self, name: str) -> Any:
+        by_name = self.__dict__.get("_by_name")
+        if by_name is not None and name in by_name:
+            return by_name[name]
+        raise AttributeError(f"{type(self).__name__!r} has no attribute or callback named {name!r}")
+
+    def show_loop(self) -> None:
+        """Print, for each event, the callbacks that run there in execution order."""
+        for event in EVENTS:
+            names = ", ".join(type(cb).__name__ for cb, _ in self._dispatch[event])
+            print(f"{event:<22} {names or '-'}")
+
+    # -- events ----------------------------------------------------------------------------
+
+    def _fire(self, event: str) -> None:
+        for cb, method in self._dispatch[event]:
+            try:
+                method()
+            except BaseException as err:
+                err.add_note(f"raised by callback {type(cb).__name__} in event {event!r}")
+                raise
+
+    def _fire_all(self, event: str) -> BaseException | None:
+        # Cleanup runs every callback even if one fails; the first error is returned.
+        first: BaseException | None = None
+        for cb, method in self._dispatch[event]:
+            try:
+                method()
+            except BaseException as err:
+                err.add_note(f"raised by callback {type(cb).__name__} in event {event!r}")
+                first = first or err
+        return first
+
+    def _split_batch(self) -> None:
+        batch, n_inp = self.batch, self.n_inp
+        if not isinstance(batch, (tuple, list)) or len(batch) <= n_inp:
+            got = f"a {type(batch).__name__} of {len(batch)} items" if isinstance(batch, (tuple, list)) else f"a {type(batch).__name__}"
+            raise TypeError(
+                f"a batch must be a tuple or list of the {n_inp} input(s) followed by the target(s), got {got}; "
+                "yield (x, y) pairs from the loader, or set n_inp to the number of inputs."
+            )
+        self.xb, self.yb = tuple(batch[:n_inp]), tuple(batch[n_inp:])
+
+    def _phases(self) -> list[tuple[bool, str, type[CancelException], Iterable[Batch]]]:
+        phases: list[tuple[bool, str, type[CancelException], Iterable[Batch]]] = [(True, "train", CancelTrain, self.train_dl)]
+        if self.valid_dl is not None:
+            phases.append((False, "validate", CancelValidate, self.valid_dl))
+        return phases
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def fit(self, n_epochs: int, cbs: Iterable[Callback] | None = None, lr: float | None = None) -> None:
+        """Train for `n_epochs` epochs, firing every event of the loop.
+
+        `cbs` are added for this fit only and removed afterwards, also on error.
+        `lr` sets the learning rate of every param group for this fit.
+        A cancel exception ends its stage; any other exception ends the fit after
+        `after_fit` has run, and propagates.
+        """
+        if not isinstance(n_epochs, int) or isinstance(n_epochs, bool) or n_epochs < 1:
+            raise ValueError(f"n_epochs must be an int >= 1, got {n_epochs!r}.")
+        if lr is not None and (not isinstance(lr, numbers.Real) or isinstance(lr, bool) or not lr >= 0):
+            raise ValueError(f"fit(lr=...) must be a number >= 0, got {lr!r}.")
+        per_fit = list(cbs or ())
+        self.add_cbs(per_fit)
+        try:
+            if self.opt is None:
+                self.opt = self.opt_func(self.model.parameters(), lr=self.lr)
+            if lr is not None:
+                for group in self.opt.param_groups:
+                    group["lr"] = lr
+            self.n_epochs, self.epoch, self.train_iter, self.pct_train = n_epochs, 0, 0, 0.0
+            start_epoch = 0
+            try:
+                try:
+                    self._fire("before_fit")
+                    for self.epoch in range(start_epoch, self.n_epochs):
+                        try:
+                            self._fire("before_epoch")
+                            for self.training, stage, cancel, self.dl in self._phases():
+                                self.n_iter = len(self.dl) if hasattr(self.dl, "__len__") else None  # type: ignore[arg-type]
+                                try:
+                                    self._fire("before_" + stage)
+                                    for self.iter, self.batch in enumerate(self.dl):
+                                        try:
+                                            self._split_batch()
+                                            self._fire("before_batch")
+                                            self.pred = self.model(*self.xb)
+                                            self._fire("after_pred")
+                                            self.loss = self.loss_func(self.pred, *self.yb)
+                                            if getattr(self.loss, "ndim", None) != 0:
+                                                raise ValueError(_loss_error(self.loss))
+                                            self._fire("after_loss")
+                                            if self.training:
+                                                try:
+                                                    self._fire("before_backward")
+                                                    self.loss.backward()
+                                                except CancelBackward:
+                                                    self._fire("after_cancel_backward")
+                                                    self._fire("after_backward")
+                                                else:
+                                                    self._fire("after_backward")
+                                                    try:
+                                                        self._fire("before_step")
+                                                        self.opt.step()
+                                                        self.opt.zero_grad()
+                                                    except CancelStep:
+                                                        self._fire("after_cancel_step")
+                                                    self._fire("after_step")
+                                        except CancelBatch:
+                                            self._fire("after_cancel_batch")
+                                        self._fire("after_batch")
+                                except cancel:
+                                    self._fire("after_cancel_" + stage)
+                                self._fire("after_" + stage)
+                        except CancelEpoch:
+                            self._fire("after_cancel_epoch")
+                        self._fire("after_epoch")
+                except CancelFit:
+                    self._fire("after_cancel_fit")
+            except BaseException as err:
+                _note_misplaced_cancel(err)
+                cleanup_error = self._fire_all("after_fit")
+                if cleanup_error is not None:
+                    err.add_note(f"after_fit also failed during cleanup: {cleanup_error!r}")
+                raise
+            cleanup_error = self._fire_all("after_fit")
+            if cleanup_error is not None:
+                raise cleanup_error
+        finally:
+            self.remove_cbs([cb for cb in per_fit if cb.learn is self])
+
+
+def _flatten(items: Iterable[Any]) -> Iterator[Any]:
+    for item in items:
+        if isinstance(item, (list, tuple)):
+            yield from _flatten(item)
+        elif item is not None:
+            yield item
+
+
+def _looks_like_batch(item: Any) -> bool:
+    # Two batches passed as dls would otherwise read as (train, valid).
+    return isinstance(item, (tuple, list)) and len(item) > 0 and isinstance(item[0], torch.Tensor)
+
+
+def _loss_error(loss: Any) -> str:
+    shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+    return (
+        f"loss_func must return a scalar tensor, got {shape}; reduce it (e.g. reduction='mean') "
+        "so backward and the averaged statistics are defined."
+    )
+
+
+def _note_misplaced_cancel(err: BaseException) -> None:
+    if isinstance(err, CancelException) and not isinstance(err, CancelFit):
+        err.add_note(
+            f"{type(err).__name__} cancels the {err.stage!r} stage and was raised outside it, so it is an "
+            "error, not a cancel; see the cancel table in the docs ('the loop and its events')."
+        )

@@ -1,0 +1,1 @@
+"""Runnable training scripts: `python -m loopkit.recipes.NAME --help`."""

@@ -1,0 +1,316 @@
+"""The Learner: construction errors, callbacks management, state, optimizer, modes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from loopkit import Callback, Learner
+from loopkit.callbacks import AvgStats, ProgressBar, Recorder, TrainEval
+from tests.conftest import Tracer, batches_of, make_data, make_learner, tiny_model
+
+
+# -- bad input ---------------------------------------------------------------------------
+
+
+def test_dls_must_be_a_pair_or_have_train_and_valid():
+    x, y = make_data(8)
+    for dls in (batches_of(x, y, [4, 4]), batches_of(x, y, [2, 2, 4]), iter(batches_of(x, y, [8]))):
+        with pytest.raises(TypeError, match=r"pass \(train_dl, None\)"):
+            Learner(tiny_model(), dls, F.cross_entropy)
+    with pytest.raises(TypeError, match="train loader is None"):
+        Learner(tiny_model(), (None, None), F.cross_entropy)
+    with pytest.raises(TypeError, match="valid loader must be an iterable"):
+        Learner(tiny_model(), (batches_of(x, y, [8]), 3), F.cross_entropy)
+
+
+def test_dls_object_with_train_and_valid_is_accepted():
+    x, y = make_data(8)
+
+    class DataLoaders:
+        train, valid = batches_of(x, y, [4, 4]), None
+
+    learn = Learner(tiny_model(), DataLoaders(), F.cross_entropy, default_cbs=False)
+    learn.fit(1)
+    assert learn.train_iter == 2
+
+
+def test_non_scalar_loss_names_the_fix():
+    learn = make_learner(loss_func=lambda pred, y: F.cross_entropy(pred, y, reduction="none"))
+    with pytest.raises(ValueError, match=r"scalar tensor, got \(4,\); reduce it"):
+        learn.fit(1)
+
+
+def test_batch_that_cannot_be_split_by_n_inp():
+    x, _ = make_data(8)
+    learn = Learner(tiny_model(), ([x[:4], x[4:]], None), F.cross_entropy, default_cbs=False)
+    with pytest.raises(TypeError, match="yield \\(x, y\\) pairs"):
+        learn.fit(1)
+    learn = make_learner(n_inp=2)
+    with pytest.raises(TypeError, match="of 2 items"):
+        learn.fit(1)
+
+
+@pytest.mark.parametrize("n_epochs", [0, -1, 1.5, "2", True])
+def test_n_epochs_must_be_a_positive_int(n_epochs):
+    with pytest.raises(ValueError, match="n_epochs must be an int >= 1"):
+        make_learner().fit(n_epochs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(model=lambda x: x), TypeError, "torch.nn.Module"),
+        (dict(loss_func=3), TypeError, "loss_func must be callable"),
+        (dict(opt_func="sgd"), TypeError, "opt_func must build an optimizer"),
+        (dict(lr=-1.0), ValueError, "lr must be a number >= 0"),
+        (dict(n_inp=0), ValueError, "n_inp"),
+        (dict(metrics=["accuracy"]), TypeError, "each metric must be a function"),
+    ],
+)
+def test_constructor_checks_its_arguments(kwargs, error, match):
+    x, y = make_data(8)
+    args = dict(model=tiny_model(), dls=(batches_of(x, y, [8]), None), loss_func=F.cross_entropy) | kwargs
+    with pytest.raises(error, match=match):
+        Learner(**args)
+
+
+# -- callbacks ---------------------------------------------------------------------------
+
+
+def test_default_callbacks_and_names():
+    learn = make_learner(default_cbs=True)
+    assert [type(cb) for cb in learn.cbs] == [TrainEval, AvgStats, Recorder, ProgressBar]
+    assert isinstance(learn.avg_stats, AvgStats) and isinstance(learn.train_eval, TrainEval)
+    assert isinstance(learn.recorder, Recorder) and isinstance(learn.progress_bar, ProgressBar)
+    with pytest.raises(AttributeError, match="no attribute or callback named 'recoder'"):
+        learn.recoder
+
+
+def test_bare_learner_has_only_train_eval():
+    assert [type(cb) for cb in make_learner(default_cbs=False).cbs] == [TrainEval]
+
+
+def test_name_strips_callback_suffix_and_can_be_set():
+    class GradientClipCallback(Callback):
+        pass
+
+    class Other(Callback):
+        name = "second_clip"
+
+    learn = make_learner(cbs=[GradientClipCallback(), Other()])
+    assert isinstance(learn.gradient_clip, GradientClipCallback)
+    assert isinstance(learn.second_clip, Other)
+
+
+def test_adding_twice_or_a_taken_name_is_an_error():
+    cb = Tracer()
+    learn = make_learner(cbs=[cb])
+    with pytest.raises(ValueError, match="already added"):
+        learn.add_cbs(cb)
+    with pytest.raises(ValueError, match="named 'tracer' is already added"):
+        learn.add_cbs(Tracer())
+
+    class Loss(Callback):
+        pass
+
+    with pytest.raises(ValueError, match="taken by a learner attribute"):
+        learn.add_cbs(Loss())
+    with pytest.raises(TypeError, match="not the class"):
+        learn.add_cbs(Tracer)
+
+
+def test_a_failed_add_leaves_the_learner_unchanged():
+    learn = make_learner()
+    before = list(learn.cbs)
+    with pytest.raises(ValueError):
+        learn.add_cbs(Tracer(), Tracer())
+    assert learn.cbs == before
+    with pytest.raises(AttributeError):
+        learn.tracer
+
+
+def test_typo_in_event_name_is_caught_with_a_suggestion():
+    class SampleCounter(Callback):
+        def after_bach(self):
+            pass
+
+    with pytest.raises(ValueError, match="'after_bach', which is not a loopkit event; did you mean 'after_batch'"):
+        make_learner(cbs=[SampleCounter()])
+
+
+def test_remove_by_instance_and_by_class():
+    a, b = Tracer(), ProgressBar()
+    learn = make_learner(cbs=[a, b])
+    learn.remove_cbs(a)
+    assert a.learn is None and a not in learn.cbs
+    learn.remove_cbs(ProgressBar)
+    assert b not in learn.cbs
+    with pytest.raises(ValueError, match="not a callback of this learner"):
+        learn.remove_cbs(a)
+
+
+def test_added_cbs_is_temporary():
+    learn = make_learner()
+    cb = Tracer()
+    with learn.added_cbs(cb):
+        assert learn.tracer is cb
+        learn.fit(1)
+    assert cb not in learn.cbs and cb.trace[-1] == "after_fit"
+
+
+def test_per_fit_callbacks_are_removed_also_when_the_fit_raises():
+    learn = make_learner()
+    cb = Tracer("after_loss", error=lambda: RuntimeError("bug"))
+    with pytest.raises(RuntimeError):
+        learn.fit(1, cbs=[cb])
+    assert cb not in learn.cbs and cb.learn is None
+    learn.fit(1, cbs=[Tracer()])
+    assert not any(isinstance(c, Tracer) for c in learn.cbs)
+
+
+def test_order_is_a_stable_sort_and_show_loop_prints_it(capsys):
+    log = []
+
+    def make(tag, order):
+        cls = type(f"Cb{tag}", (Callback,), {"order": order, "before_fit": lambda self: log.append(tag)})
+        return cls()
+
+    learn = make_learner(cbs=[make("a", 5), make("b", -5), make("c", 5), make("d", 0)])
+    learn.fit(1)
+    assert log == ["b", "d", "a", "c"]
+    learn.show_loop()
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("before_fit"))
+    assert line.split()[1:] == ["TrainEval,", "Cbb,", "Cbd,", "Cba,", "Cbc"]
+
+
+def test_callback_reads_learner_attributes_and_warns_on_shadowing():
+    seen = {}
+
+    class Reader(Callback):
+        def after_loss(self):
+            seen["loss"] = self.loss
+            seen["epoch"] = self.epoch
+
+        def after_fit(self):
+            self.epoch = 99  # shadows: a mistake loopkit warns about
+
+    learn = make_learner(cbs=[Reader()])
+    with pytest.warns(UserWarning, match="self.learn.epoch"):
+        learn.fit(1)
+    assert seen["loss"] is learn.loss and learn.epoch == 0
+    with pytest.raises(AttributeError, match="not attached to a learner"):
+        Reader().model
+
+
+# -- state, optimizer and modes ----------------------------------------------------------
+
+
+def test_state_during_the_loop():
+    rows = []
+
+    class Spy(Callback):
+        def before_batch(self):
+            rows.append((self.epoch, self.training, self.iter, self.n_iter, self.train_iter,
+                         round(self.pct_train, 6), len(self.xb), len(self.yb)))  # fmt: skip
+
+    make_learner(n_train=2, n_valid=1, cbs=[Spy()]).fit(2)
+    assert rows == [
+        (0, True, 0, 2, 0, 0.0, 1, 1), (0, True, 1, 2, 1, 0.25, 1, 1), (0, False, 0, 1, 2, 0.25, 1, 1),
+        (1, True, 0, 2, 2, 0.5, 1, 1), (1, True, 1, 2, 3, 0.75, 1, 1), (1, False, 0, 1, 4, 0.75, 1, 1),
+    ]  # fmt: skip
+
+
+def test_modes_and_no_grad_in_validation():
+    modes = []
+
+    class Spy(Callback):
+        def after_pred(self):
+            modes.append((self.training, self.model.training, torch.is_grad_enabled(), self.pred.requires_grad))
+
+    make_learner(n_train=1, n_valid=1, cbs=[Spy()]).fit(1)
+    assert modes == [(True, True, True, True), (False, False, False, False)]
+    assert torch.is_grad_enabled()
+
+
+def test_grad_mode_is_restored_after_a_cancelled_validation():
+    from loopkit import CancelEpoch
+
+    make_learner(n_train=1, n_valid=2, cbs=[Tracer("after_pred", at=1, error=CancelEpoch)]).fit(1)
+    assert torch.is_grad_enabled()
+
+
+def test_optimizer_is_made_once_and_kept_across_fits():
+    learn = make_learner(opt_func=lambda params, lr: torch.optim.SGD(params, lr=lr, momentum=0.9))
+    learn.fit(1)
+    opt, state = learn.opt, {k: v["momentum_buffer"].clone() for k, v in learn.opt.state.items()}
+    learn.fit(1)
+    assert learn.opt is opt
+    assert all(not torch.equal(state[k], v["momentum_buffer"]) for k, v in learn.opt.state.items())
+
+
+def test_fit_lr_sets_every_param_group():
+    model = tiny_model()
+    learn = make_learner()
+    learn.model = model
+    learn.opt = torch.optim.SGD([{"params": [model.weight]}, {"params": [model.bias], "lr": 5.0}], lr=1.0)
+    learn.fit(1, lr=0.125)
+    assert [g["lr"] for g in learn.opt.param_groups] == [0.125, 0.125]
+
+
+def test_same_updates_as_a_raw_pytorch_loop():
+    x, y = make_data(24)
+    sizes = [5, 7, 1, 11]
+    learn = Learner(tiny_model(1), (batches_of(x, y, sizes), None), F.cross_entropy, lr=0.3,
+                    opt_func=lambda p, lr: torch.optim.SGD(p, lr=lr, momentum=0.9, weight_decay=1e-2))  # fmt: skip
+    learn.fit(2)
+    model = tiny_model(1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.3, momentum=0.9, weight_decay=1e-2)
+    for _ in range(2):
+        for xb, yb in batches_of(x, y, sizes):
+            F.cross_entropy(model(xb), yb).backward()
+            opt.step()
+            opt.zero_grad()
+    for got, want in zip(learn.model.parameters(), model.parameters()):
+        assert torch.equal(got, want)
+
+
+def test_several_inputs_and_targets():
+    class TwoIn(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 3), nn.Linear(4, 3)
+
+        def forward(self, x1, x2):
+            return self.a(x1) + self.b(x2)
+
+    x, y = make_data(8)
+    weights = torch.ones(8)
+    seen = []
+    batches = [(x[:4], x[4:], y[:4], weights[:4])]
+
+    def loss_func(pred, target, w):
+        seen.append(w.shape)
+        return (F.cross_entropy(pred, target, reduction="none") * w).mean()
+
+    Learner(TwoIn(), (batches, None), loss_func, n_inp=2, default_cbs=False).fit(1)
+    assert seen == [torch.Size([4])]
+
+
+def test_loader_without_length():
+    x, y = make_data(12)
+
+    def gen():
+        yield from batches_of(x, y, [4, 4, 4])
+
+    class Loader:
+        def __iter__(self):
+            return gen()
+
+    n_iters = []
+    learn = Learner(tiny_model(), (Loader(), None), F.cross_entropy, default_cbs=False,
+                    cbs=[type("Spy", (Callback,), {"before_batch": lambda s: n_iters.append((s.n_iter, s.pct_train))})()])  # fmt: skip
+    learn.fit(2)
+    assert n_iters == [(None, 0.0)] * 3 + [(None, 0.5)] * 3
