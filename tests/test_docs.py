@@ -1,0 +1,43 @@
+"""Docs cannot rot: their code runs, and the events page agrees with `loopkit.EVENTS`.
+
+Every fenced ```python block of README.md and docs/*.md runs, in page order and in
+one namespace per page, in a temporary working directory. Blocks that are not
+meant to run use another language tag (```text, ```console, ```bash).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from loopkit import EVENTS
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_python_blocks_run(page, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {"__name__": f"docs_{page.stem}"}
+    for i, block in enumerate(BLOCK.findall(page.read_text())):
+        try:
+            exec(compile(block, f"{page.name}[block {i}]", "exec"), namespace)
+        except Exception as err:  # name the block, so the failing page is obvious
+            raise AssertionError(f"{page.name}, python block {i} failed: {err!r}\n{block}") from err
+
+
+def test_loop_page_documents_every_event_once():
+    text = (ROOT / "docs" / "loop.md").read_text()
+    documented = re.findall(r"^\| `(\w+)` \|", text, re.M)
+    assert sorted(documented) == sorted(EVENTS)
+    assert len(documented) == len(set(documented))
+
+
+def test_mkdocs_nav_names_only_existing_pages():
+    nav = re.findall(r":\s*([\w-]+\.md)\s*$", (ROOT / "mkdocs.yml").read_text(), re.M)
+    missing = [name for name in nav if not (ROOT / "docs" / name).exists()]
+    assert not missing
