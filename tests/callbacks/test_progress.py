@@ -1,0 +1,54 @@
+"""ProgressBar: one table row per epoch, quiet when disabled, bars closed on errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch.nn.functional as F
+
+from loopkit import Learner
+from loopkit.callbacks import ProgressBar
+from tests.conftest import Tracer, accuracy, batches_of, make_data, tiny_model
+
+
+def make(**kwargs) -> Learner:
+    x, y = make_data(24)
+    dls = (batches_of(x[:16], y[:16], [4] * 4), batches_of(x[16:], y[16:], [8]))
+    kwargs.setdefault("metrics", [accuracy])
+    return Learner(tiny_model(), dls, F.cross_entropy, **kwargs)
+
+
+def test_table_has_a_header_and_a_row_per_epoch(capsys):
+    learn = make()
+    learn.fit(3)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].split() == ["epoch", "train_loss", "valid_loss", "accuracy", "time"]
+    assert [line.split()[0] for line in lines[1:]] == ["0", "1", "2"]
+    row = learn.avg_stats.history[-1]
+    assert lines[-1].split()[1:4] == [f"{row['train_loss']:.6f}", f"{row['valid_loss']:.6f}", f"{row['accuracy']:.6f}"]
+
+
+def test_disabled_bar_prints_nothing(capsys):
+    learn = make()
+    learn.progress_bar.enabled = False
+    learn.fit(2)
+    assert capsys.readouterr().out == ""
+    make(default_cbs=False, metrics=None, cbs=[ProgressBar(enabled=False)]).fit(1)
+    assert capsys.readouterr().out == ""
+
+
+def test_write_goes_where_asked():
+    lines: list[str] = []
+    learn = make()
+    learn.remove_cbs(ProgressBar).add_cbs(ProgressBar(write=lines.append))
+    learn.fit(2)
+    assert len(lines) == 3
+
+
+def test_bars_in_a_terminal_are_closed_when_the_fit_fails(monkeypatch, capsys):
+    monkeypatch.setattr("sys.stdout.isatty", lambda: True, raising=False)
+    learn = make(cbs=[Tracer("after_batch", at=5, error=KeyboardInterrupt)])
+    with pytest.raises(KeyboardInterrupt):
+        learn.fit(3)
+    assert learn.progress_bar._pbar is None and learn.progress_bar._mbar is None  # closed in after_fit
+    learn.fit(1)
+    assert "epoch" in capsys.readouterr().out

@@ -1,0 +1,91 @@
+"""Recorder: per-batch loss and hyper-parameters of every param group, and its plots."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from matplotlib.figure import Figure
+
+from loopkit import Callback, CancelBatch, Learner
+from tests.conftest import Tracer, batches_of, make_data, tiny_model
+
+
+def make(opt_func=torch.optim.SGD, n_valid=2, **kwargs) -> Learner:
+    x, y = make_data(40)
+    dls = (batches_of(x[:24], y[:24], [4] * 6), batches_of(x[24:], y[24:], [8] * n_valid) if n_valid else None)
+    learn = Learner(tiny_model(), dls, F.cross_entropy, opt_func=opt_func, **kwargs)
+    learn.progress_bar.enabled = False
+    return learn
+
+
+def test_losses_are_the_training_batch_losses():
+    seen = []
+
+    class Spy(Callback):
+        def after_loss(self):
+            if self.training:
+                seen.append(self.loss.item())
+
+    learn = make(cbs=[Spy()])
+    learn.fit(2)
+    assert learn.recorder.losses == pytest.approx(seen)
+    assert len(learn.recorder.losses) == 12 and learn.recorder.epoch_ends == [6, 12]
+
+
+def test_hyper_parameters_of_every_group_with_mom_for_sgd_and_adam():
+    class Halve(Callback):
+        def after_batch(self):
+            if self.training:
+                for group in self.opt.param_groups:
+                    group["lr"] /= 2
+
+    learn = make(cbs=[Halve()])
+    model = learn.model
+    learn.opt = torch.optim.SGD([{"params": [model.weight], "lr": 1.0}, {"params": [model.bias], "lr": 4.0}], momentum=0.9)
+    learn.fit(1)
+    hps = learn.recorder.hps
+    assert hps["lr"] == [[1.0 / 2**i for i in range(6)], [4.0 / 2**i for i in range(6)]]
+    assert hps["mom"] == [[0.9] * 6, [0.9] * 6]
+    assert learn.recorder.lrs == hps["lr"][-1] and learn.recorder.moms == [0.9] * 6
+    adam = make(opt_func=lambda p, lr: torch.optim.Adam(p, lr=lr, betas=(0.8, 0.99)))
+    adam.fit(1)
+    assert adam.recorder.moms == [0.8] * 6 and "eps" in adam.recorder.hps
+
+
+def test_record_is_fresh_for_each_fit_and_skips_batches_without_a_loss():
+    learn = make(cbs=[Tracer("before_batch", at=2, error=CancelBatch)])
+    learn.fit(1)
+    assert len(learn.recorder.losses) == 5
+    learn.fit(1)
+    assert len(learn.recorder.losses) == 6
+
+
+def test_plots_return_figures_and_save_png(tmp_path):
+    learn = make()
+    learn.fit(2)
+    rec = learn.recorder
+    for name, fig in [("loss", rec.plot_loss(path=tmp_path / "loss.png")),
+                      ("lr", rec.plot_lr(path=tmp_path / "lr.png")),
+                      ("sched", rec.plot_sched(path=tmp_path / "sched.png"))]:  # fmt: skip
+        assert isinstance(fig, Figure)
+        assert (tmp_path / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    train_line, valid_line = rec.plot_loss().axes[0].get_lines()
+    assert list(train_line.get_ydata()) == pytest.approx(rec.losses)
+    assert list(valid_line.get_ydata()) == pytest.approx([r["valid_loss"] for r in learn.avg_stats.history])
+    assert len(rec.plot_loss(skip_start=4).axes[0].get_lines()[0].get_ydata()) == 8
+
+
+def test_plot_sched_has_one_panel_per_changing_name():
+    class Anneal(Callback):
+        def before_batch(self):
+            if self.training:
+                self.opt.param_groups[0]["lr"] = 1 - self.pct_train
+                self.opt.param_groups[0]["momentum"] = self.pct_train
+
+    learn = make(opt_func=lambda p, lr: torch.optim.SGD(p, lr=lr, momentum=0.5), cbs=[Anneal()])
+    learn.fit(1)
+    fig = learn.recorder.plot_sched()
+    assert [ax.get_title() for ax in fig.axes] == ["lr", "mom"]
+    with pytest.raises(ValueError, match="recorded names are"):
+        learn.recorder.plot_sched(["lrs"])
