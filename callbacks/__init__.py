@@ -1,15 +1,22 @@
 """The callbacks that ship with loopkit; the first four are on every learner by default."""
 
+from .checkpoint import SaveModel
+from .csvlog import CSVLogger
 from .progress import ProgressBar
 from .recorder import Recorder
 from .stats import AvgStats, PhaseStats, WeightedSums, batch_size
+from .stopping import EarlyStopping, TerminateOnNaN
 from .training import TrainEval
 
 __all__ = [
     "AvgStats",
+    "CSVLogger",
+    "EarlyStopping",
     "PhaseStats",
     "ProgressBar",
     "Recorder",
+    "SaveModel",
+    "TerminateOnNaN",
     "TrainEval",
     "WeightedSums",
     "batch_size",

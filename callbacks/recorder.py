@@ -64,6 +64,16 @@ class Recorder(Callback):
             self._pending = []
         self.epoch_ends.append(len(self._rows))
 
+    def state_dict(self) -> dict[str, Any]:
+        """Return the record so far, for checkpoints (a resumed fit continues the plots)."""
+        return {"losses": list(self.losses), "rows": list(self._rows), "epoch_ends": list(self.epoch_ends)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned."""
+        self._pending, self._chunks = [], []
+        self._losses, self._rows = list(state["losses"]), [tuple(r) if isinstance(r, (list, tuple)) else r for r in state["rows"]]
+        self.epoch_ends = list(state["epoch_ends"])
+
     @property
     def losses(self) -> list[float]:
         """The training loss of every recorded batch, as floats."""

@@ -205,3 +205,11 @@ class AvgStats(Callback):
             row["valid_loss"] = self.valid.loss
             row.update({k: self.valid.metrics.get(k, math.nan) for k in self.metric_names})
         self.history.append(row)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return the history, for checkpoints (a resumed fit continues it)."""
+        return {"history": [dict(row) for row in self.history]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned."""
+        self.history = [dict(row) for row in state["history"]]

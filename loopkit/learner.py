@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import numbers
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -39,7 +41,7 @@ OptFunc = Callable[..., torch.optim.Optimizer]
 Metric = Callable[..., torch.Tensor]
 
 _STATE_DEFAULTS: dict[str, Any] = dict(
-    n_epochs=0, epoch=0, training=False, dl=None, iter=0, n_iter=None, train_iter=0,
+    n_epochs=0, start_epoch=0, epoch=0, training=False, dl=None, iter=0, n_iter=None, train_iter=0,
     pct_train=0.0, batch=None, xb=(), yb=(), pred=None, loss=None,
 )  # fmt: skip
 
@@ -234,11 +236,16 @@ class Learner:
 
     # -- the loop --------------------------------------------------------------------------
 
-    def fit(self, n_epochs: int, cbs: Iterable[Callback] | None = None, lr: float | None = None) -> None:
+    def fit(self, n_epochs: int, cbs: Iterable[Callback] | None = None, lr: float | None = None,
+            resume: str | Path | None = None) -> None:
         """Train for `n_epochs` epochs, firing every event of the loop.
 
         `cbs` are added for this fit only and removed afterwards, also on error.
-        `lr` sets the learning rate of every param group for this fit.
+        `lr` sets the learning rate of every param group for this fit. `resume` is a
+        checkpoint written at the end of an epoch (`save`, `SaveModel`): after
+        `before_fit`, the model, optimizer, callbacks' state, RNG states and position
+        are restored from it, and the fit continues with the epoch after the saved one
+        (`start_epoch`), as if it had never stopped when `n_epochs` is the same.
         A cancel exception ends its stage; any other exception ends the fit after
         `after_fit` has run, and propagates.
         """
@@ -254,12 +261,15 @@ class Learner:
             if lr is not None:
                 for group in self.opt.param_groups:
                     group["lr"] = lr
+            checkpoint = self._read_resume(resume, n_epochs) if resume is not None else None
             self.n_epochs, self.epoch, self.train_iter, self.pct_train = n_epochs, 0, 0, 0.0
-            start_epoch = 0
+            self.start_epoch = checkpoint["epoch"] + 1 if checkpoint is not None else 0
             try:
                 try:
                     self._fire("before_fit")
-                    for self.epoch in range(start_epoch, self.n_epochs):
+                    if checkpoint is not None:  # after before_fit, so callbacks' resets don't undo it
+                        self._apply_resume(checkpoint)
+                    for self.epoch in range(self.start_epoch, self.n_epochs):
                         try:
                             self._fire("before_epoch")
                             for self.training, stage, cancel, self.dl in self._phases():
@@ -314,6 +324,58 @@ class Learner:
                 raise cleanup_error
         finally:
             self.remove_cbs([cb for cb in per_fit if cb.learn is self])
+
+
+    # -- checkpoints ----------------------------------------------------------------------
+
+    def save(self, path: str | Path) -> Path:
+        """Write a checkpoint of everything needed to resume exactly; return its path.
+
+        The file holds the model's weights, the optimizer state, the position
+        (`epoch`, `train_iter`), each callback's `state_dict()` and the RNG states,
+        as plain data only (`torch.load(path, weights_only=True)` opens it). It is
+        written to a temporary file and renamed, so a crash never leaves a corrupt
+        checkpoint. Under distributed training only rank 0 writes.
+        """
+        from loopkit.callbacks.checkpoint import save_checkpoint
+
+        return save_checkpoint(self, path)
+
+    def load(self, path: str | Path, with_opt: bool = True) -> Learner:
+        """Load a checkpoint written by `save`: weights, optimizer (unless `with_opt=False`),
+        callbacks' state, RNG states and position.
+
+        Nothing changes if the file is refused: a `ValueError` says why (not plain
+        data, not a checkpoint, or the missing/unexpected keys and shape
+        mismatches against this model). To continue training from it exactly, use
+        `fit(n_epochs, resume=path)` instead.
+        """
+        from loopkit.callbacks.checkpoint import apply_checkpoint, read_checkpoint
+
+        apply_checkpoint(self, read_checkpoint(self, path), with_opt=with_opt)
+        return self
+
+    def _read_resume(self, path: str | Path, n_epochs: int) -> dict[str, Any]:
+        from loopkit.callbacks.checkpoint import read_checkpoint
+
+        checkpoint = read_checkpoint(self, path)
+        if checkpoint["epoch"] + 1 >= n_epochs:
+            raise ValueError(
+                f"{str(path)!r} was saved at the end of epoch {checkpoint['epoch']} (zero-based), so a fit of "
+                f"{n_epochs} epochs has nothing left to do; pass the n_epochs of the original fit or more."
+            )
+        if checkpoint["n_epochs"] != n_epochs:
+            warnings.warn(
+                f"resuming a fit of {checkpoint['n_epochs']} epochs as one of {n_epochs}: schedules that follow "
+                "pct_train will not continue exactly; pass the original n_epochs to resume exactly.",
+                stacklevel=3,
+            )
+        return checkpoint
+
+    def _apply_resume(self, checkpoint: dict[str, Any]) -> None:
+        from loopkit.callbacks.checkpoint import apply_checkpoint
+
+        apply_checkpoint(self, checkpoint)
 
 
 def _flatten(items: Iterable[Any]) -> Iterator[Any]:
