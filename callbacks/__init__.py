@@ -2,6 +2,7 @@
 
 from .checkpoint import SaveModel
 from .csvlog import CSVLogger
+from .distributed import Distributed, ShardBatchSampler
 from .progress import ProgressBar
 from .recorder import Recorder
 from .stats import AvgStats, PhaseStats, WeightedSums, batch_size
@@ -11,11 +12,13 @@ from .training import TrainEval
 __all__ = [
     "AvgStats",
     "CSVLogger",
+    "Distributed",
     "EarlyStopping",
     "PhaseStats",
     "ProgressBar",
     "Recorder",
     "SaveModel",
+    "ShardBatchSampler",
     "TerminateOnNaN",
     "TrainEval",
     "WeightedSums",

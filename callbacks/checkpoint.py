@@ -12,6 +12,7 @@ A checkpoint is one file written by `torch.save` holding only plain data
     callbacks           {callback name: its state_dict()} for callbacks that have one
     rng                 python, numpy, torch (and CUDA) RNG states, and the states of
                         the generators the loaders shuffle with
+    rng_ranks           under distributed training, every rank's `rng`, by rank
 
 Files are written to a temporary name beside the target and renamed over it, so a
 crash mid-write leaves the previous checkpoint intact.
@@ -35,6 +36,7 @@ from torch import nn
 
 from loopkit import Callback
 
+from ._dist import is_main_process
 from ._monitor import Monitor
 
 if TYPE_CHECKING:
@@ -46,11 +48,6 @@ FORMAT, VERSION = "loopkit-checkpoint", 1
 def plain_model(model: nn.Module) -> nn.Module:
     """Return `model` without a DistributedDataParallel (or DataParallel) wrapper."""
     return model.module if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else model
-
-
-def is_main_process() -> bool:
-    """Return True unless this is a non-zero rank of an initialised process group."""
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def _loader_generators(learn: Learner) -> list[torch.Generator]:
@@ -102,9 +99,15 @@ def set_rng_state(learn: Learner, state: dict[str, Any]) -> None:
 def save_checkpoint(learn: Learner, path: str | Path) -> Path:
     """Write `learn`'s full state to `path` atomically; return the path.
 
-    Under distributed training only rank 0 writes; every rank returns the path.
+    Under distributed training call it on every rank: the ranks' RNG states are
+    gathered (each rank resumes with its own dropout stream) and rank 0 writes.
     """
     path = Path(path)
+    rng = rng_state(learn)
+    rng_ranks = None
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        rng_ranks = [None] * dist.get_world_size()
+        dist.all_gather_object(rng_ranks, rng)
     if not is_main_process():
         return path
     state = {
@@ -116,8 +119,10 @@ def save_checkpoint(learn: Learner, path: str | Path) -> Path:
         "n_epochs": learn.n_epochs,
         "train_iter": learn.train_iter,
         "callbacks": {cb.cb_name: cb.state_dict() for cb in learn.cbs if callable(getattr(cb, "state_dict", None))},
-        "rng": rng_state(learn),
+        "rng": rng,
     }
+    if rng_ranks is not None:
+        state["rng_ranks"] = rng_ranks
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -190,7 +195,11 @@ def apply_checkpoint(learn: Learner, state: dict[str, Any], with_opt: bool = Tru
         cb = getattr(learn, name, None)
         if isinstance(cb, Callback) and callable(getattr(cb, "load_state_dict", None)):
             cb.load_state_dict(cb_state)
-    set_rng_state(learn, state["rng"])
+    rng = state["rng"]
+    if "rng_ranks" in state and dist.is_available() and dist.is_initialized():
+        if len(state["rng_ranks"]) == dist.get_world_size():
+            rng = state["rng_ranks"][dist.get_rank()]
+    set_rng_state(learn, rng)
     learn.epoch, learn.train_iter = state["epoch"], state["train_iter"]
 
 

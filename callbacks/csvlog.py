@@ -8,7 +8,7 @@ from pathlib import Path
 
 from loopkit import Callback
 
-from .checkpoint import is_main_process
+from ._dist import is_main_process
 
 
 class CSVLogger(Callback):

@@ -12,6 +12,8 @@ from fastprogress.fastprogress import ConsoleMasterBar, format_time, master_bar,
 
 from loopkit import Callback
 
+from ._dist import is_main_process
+
 
 def format_row(cells: list[str], widths: list[int]) -> str:
     """Left-align `cells` in columns of `widths`, two spaces apart."""
@@ -29,7 +31,7 @@ class ProgressBar(Callback):
     order = 50: runs after `AvgStats` has written the epoch's row.
 
     Bars are drawn in a notebook or when stdout is a terminal; elsewhere (logs,
-    CI) only the table is printed. With `enabled=False` (or
+    CI) only the table is printed. Under distributed training only rank 0 prints. With `enabled=False` (or
     `learn.progress_bar.enabled = False`) it prints nothing. The live loss
     is read from the device at most every `refresh` seconds. `write` is the
     function the table lines go to when no bars are drawn (default `print`).
@@ -44,8 +46,9 @@ class ProgressBar(Callback):
 
     def before_fit(self) -> None:
         self._widths: list[int] = []
+        self._active = self.enabled and is_main_process()  # under torchrun, rank 0 alone prints
         interactive = master_bar is not ConsoleMasterBar or sys.stdout.isatty()
-        self._bars = self.enabled and interactive
+        self._bars = self._active and interactive
         if self._bars:
             self._mbar = master_bar(range(self.n_epochs))
             self._mbar.on_iter_begin()
@@ -90,7 +93,7 @@ class ProgressBar(Callback):
 
     def after_epoch(self) -> None:
         self._end_phase()
-        if not self.enabled:
+        if not self._active:
             return
         stats = getattr(self.learn, "avg_stats", None)
         row: dict[str, float] = dict(stats.history[-1]) if stats is not None and stats.history else {"epoch": self.epoch}

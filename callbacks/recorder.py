@@ -12,6 +12,7 @@ from matplotlib.figure import Figure
 
 from loopkit import Callback
 
+from ._dist import is_main_process
 from ._hypers import hyper_keys
 
 
@@ -170,6 +171,6 @@ class Recorder(Callback):
 
 
 def _saved(fig: Figure, path: str | Path | None) -> Figure:
-    if path is not None:
+    if path is not None and is_main_process():  # under distributed training rank 0 alone writes
         fig.savefig(path)
     return fig

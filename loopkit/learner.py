@@ -55,7 +55,9 @@ class Learner:
     made on the first fit and kept after; assign `learn.opt` before the first
     fit to use your own (param groups for discriminative learning rates).
     `metrics` go to the default `AvgStats`. With `default_cbs=False` only
-    `TrainEval` is added.
+    `TrainEval` is added. `distributed=True` adds `Distributed`, for scripts
+    started by `torchrun` (loopkit warns when torchrun started several processes
+    and it is off, since each would then train alone on all the data).
     """
 
     def __init__(
@@ -69,6 +71,7 @@ class Learner:
         metrics: Sequence[Metric] | None = None,
         n_inp: int = 1,
         default_cbs: bool = True,
+        distributed: bool = False,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
@@ -92,13 +95,21 @@ class Learner:
         self._by_name: dict[str, Callback] = {}
         self._dispatch: dict[str, list[tuple[Callback, Callable[[], None]]]] = {e: [] for e in EVENTS}
 
-        from loopkit.callbacks import AvgStats, ProgressBar, Recorder, TrainEval
+        from loopkit.callbacks import AvgStats, Distributed, ProgressBar, Recorder, TrainEval
 
         defaults: list[Callback] = [TrainEval()]
         if default_cbs:
             defaults += [AvgStats(metrics), Recorder(), ProgressBar()]
         elif metrics:
             raise ValueError("metrics are computed by AvgStats; with default_cbs=False add AvgStats(metrics) to cbs.")
+        if distributed:
+            defaults.append(Distributed())
+        elif Distributed.launched():
+            warnings.warn(
+                "this script was started as one of several processes (WORLD_SIZE > 1) but distributed training "
+                "is off, so every process trains alone on all the data; pass Learner(..., distributed=True).",
+                stacklevel=2,
+            )
         self.add_cbs(defaults + list(cbs or ()))
 
     @staticmethod

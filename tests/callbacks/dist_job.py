@@ -1,0 +1,93 @@
+"""Jobs for the distributed tests, started with torchrun (2 processes, gloo, 127.0.0.1).
+
+    torchrun --standalone --nproc_per_node 2 -m tests.callbacks.dist_job MODE OUT_DIR
+
+Rank 0 writes OUT_DIR/result.pt: final parameters, the epoch history and what
+the mode measured. Each mode's data and model are built by `build()` below, which
+the tests also use for their single-process references.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from loopkit import Callback, CancelFit, Learner
+from loopkit.callbacks import CSVLogger, EarlyStopping, SaveModel
+
+SIZES = {"equiv": (48, 16), "stats": (37, 23), "merge": (33, 5), "io": (40, 12), "stop": (40, 12), "error": (40, 12)}
+
+
+def data(mode: str) -> tuple[TensorDataset, TensorDataset]:
+    n_train, n_valid = SIZES[mode]
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(n_train + n_valid, 5, generator=gen, dtype=torch.float64)
+    y = (x[:, 0] + x[:, 1] > 0).long()
+    return TensorDataset(x[:n_train], y[:n_train]), TensorDataset(x[n_train:], y[n_train:])
+
+
+def model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 2)).double()
+
+
+def accuracy(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return (pred.argmax(1) == y).double().mean()
+
+
+def build(mode: str, bs: int, distributed: bool, cbs: list[Callback] | None = None, shuffle: bool = False) -> Learner:
+    train, valid = data(mode)
+    dls = (DataLoader(train, batch_size=bs, shuffle=shuffle, generator=torch.Generator().manual_seed(5)),
+           DataLoader(valid, batch_size=bs))  # fmt: skip
+    learn = Learner(model(), dls, F.cross_entropy, lr=0.2, metrics=[accuracy], cbs=cbs, distributed=distributed)
+    learn.avg_stats.train_metrics = True
+    learn.progress_bar.enabled = False
+    return learn
+
+
+class RaiseOnRank(Callback):
+    """On one rank only, raise `error` at the `at`-th training batch of `epoch`."""
+
+    def __init__(self, rank: int, epoch: int, at: int, error: type[BaseException]):
+        self.on_rank, self.at_epoch, self.at, self.error = rank, epoch, at, error
+
+    def after_loss(self) -> None:
+        if self.training and self.epoch == self.at_epoch and self.iter == self.at and self.learn.distributed.rank == self.on_rank:
+            raise self.error("raised on purpose by RaiseOnRank")
+
+
+def main(mode: str, out_dir: str) -> None:
+    out = Path(out_dir)
+    rank = int(os.environ["RANK"])
+    result: dict = {}
+    if mode in ("equiv", "stats", "merge"):
+        learn = build(mode, bs=4, distributed=True)
+        learn.fit(2)
+    elif mode == "io":
+        cbs = [CSVLogger(out / "history.csv"), SaveModel(path=out / "ckpt.pt", every_epoch=True)]
+        learn = build(mode, bs=4, distributed=True, cbs=cbs, shuffle=True)
+        learn.fit(4)
+    elif mode == "resume":
+        learn = build("io", bs=4, distributed=True, cbs=[CSVLogger(out / "history.csv")], shuffle=True)
+        learn.fit(4, resume=out / "ckpt_epoch1.pt")
+    elif mode == "stop":
+        learn = build(mode, bs=4, distributed=True, cbs=[RaiseOnRank(1, epoch=1, at=2, error=CancelFit), EarlyStopping(patience=9)])
+        learn.fit(5)
+    elif mode == "error":
+        learn = build(mode, bs=4, distributed=True, cbs=[RaiseOnRank(1, epoch=1, at=2, error=RuntimeError)])
+        learn.fit(5)
+    else:
+        raise SystemExit(f"unknown mode {mode!r}")
+    result.update(params=[p.detach().clone() for p in learn.model.parameters()], history=learn.avg_stats.history,
+                  train_iter=learn.train_iter, plain=type(learn.model).__name__)  # fmt: skip
+    torch.save(result, out / f"result_rank{rank}.pt")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])

@@ -1,0 +1,113 @@
+"""Distributed training on 2 CPU processes (gloo over 127.0.0.1), launched by torchrun.
+
+Every launch has a timeout, so a hang fails the test instead of the CI run.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from loopkit.callbacks import ShardBatchSampler
+from tests.callbacks.dist_job import build, data
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+TIMEOUT = 150
+
+
+def torchrun(mode: str, out: Path) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "tests.callbacks.dist_job", mode, str(out)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "MASTER_ADDR": "127.0.0.1"}
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+
+
+def launched(mode: str, out: Path) -> list[dict]:
+    proc = torchrun(mode, out)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return [torch.load(out / f"result_rank{r}.pt", weights_only=True) for r in (0, 1)]
+
+
+def assert_same_params(got: list[torch.Tensor], want: list[torch.Tensor]) -> None:
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_shard_sampler_sees_every_sample_once_with_equal_batch_counts():
+    for n, bs, world in [(37, 4, 2), (33, 4, 2), (10, 3, 3), (7, 1, 4), (5, 8, 2)]:
+        shards = [ShardBatchSampler(n, bs, world, r, shuffle=True, seed=1) for r in range(world)]
+        for s in shards:
+            s.set_epoch(2)
+        batches = [list(s) for s in shards]
+        assert len({len(b) for b in batches}) == 1
+        assert all(len(batch) >= 1 for rank_batches in batches for batch in rank_batches)
+        assert sorted(i for b in batches for batch in b for i in batch) == list(range(n))
+    with pytest.raises(ValueError, match="cannot shard 1 samples over 2"):
+        ShardBatchSampler(1, 4, 2, 0)
+
+
+def test_two_ranks_match_one_process_with_the_global_batch(tmp_path):
+    rank0, rank1 = launched("equiv", tmp_path)
+    assert rank0["plain"] == "Sequential"  # unwrapped after the fit
+    assert_same_params(rank0["params"], rank1["params"])
+    single = build("equiv", bs=8, distributed=False)
+    single.fit(2)
+    assert_same_params(rank0["params"], [p.detach() for p in single.model.parameters()])
+
+
+@pytest.mark.parametrize("mode, single_batches", [("stats", None), ("merge", [8, 8, 8, 9])])
+def test_global_stats_equal_the_single_process_figures_on_odd_sizes(tmp_path, mode, single_batches):
+    rank0, rank1 = launched(mode, tmp_path)
+    single = build(mode, bs=8, distributed=False)
+    if single_batches is not None:  # the last global batch of 1 sample is merged into the previous one
+        train, _ = data(mode)
+        x, y = train.tensors
+        single.train_dl = list(zip(x.split(single_batches), y.split(single_batches)))
+    single.fit(2)
+    for got, want in zip(rank0["history"], single.avg_stats.history):
+        assert got.keys() == want.keys()
+        for key in got:
+            assert got[key] == pytest.approx(want[key], rel=1e-9), key
+    assert rank1["history"] == rank0["history"]
+    assert_same_params(rank0["params"], [p.detach() for p in single.model.parameters()])
+
+
+def test_rank_zero_alone_writes_and_a_two_rank_resume_continues_exactly(tmp_path):
+    straight = tmp_path / "straight"
+    straight.mkdir()
+    rank0, _ = launched("io", straight)
+    assert sorted(p.name for p in straight.iterdir() if not p.name.startswith("result")) == [
+        "ckpt.pt", "ckpt_epoch0.pt", "ckpt_epoch1.pt", "ckpt_epoch2.pt", "ckpt_epoch3.pt", "history.csv"]  # fmt: skip
+    lines = (straight / "history.csv").read_text().splitlines()
+    assert len(lines) == 5  # one header, four epochs: no second writer
+    ckpt = torch.load(straight / "ckpt_epoch1.pt", weights_only=True)
+    assert not any(k.startswith("module.") for k in ckpt["model"]) and len(ckpt["rng_ranks"]) == 2
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    (resumed / "ckpt_epoch1.pt").write_bytes((straight / "ckpt_epoch1.pt").read_bytes())
+    (resumed / "history.csv").write_text("\n".join(lines[:3]) + "\n")
+    again, _ = launched("resume", resumed)
+    assert_same_params(again["params"], rank0["params"])
+    assert again["history"] == rank0["history"]
+    assert (resumed / "history.csv").read_text() == (straight / "history.csv").read_text()
+
+
+def test_a_cancel_on_one_rank_stops_every_rank(tmp_path):
+    rank0, rank1 = launched("stop", tmp_path)
+    # rank 1 cancelled at epoch 1, batch 2; rank 0 met it at that batch's agreement.
+    assert rank0["train_iter"] == rank1["train_iter"] == 5 + 2
+    assert len(rank0["history"]) == len(rank1["history"]) == 1
+
+
+def test_an_error_on_one_rank_ends_the_job_with_its_traceback(tmp_path):
+    proc = torchrun("error", tmp_path)
+    assert proc.returncode != 0
+    assert "raised on purpose by RaiseOnRank" in proc.stdout + proc.stderr
+    left = subprocess.run(["pgrep", "-f", f"dist_job error {tmp_path}"], capture_output=True, text=True)
+    assert left.stdout.strip() == ""
