@@ -64,7 +64,7 @@ def _loader_generators(learn: Learner) -> list[torch.Generator]:
 
 def rng_state(learn: Learner) -> dict[str, Any]:
     """Return every RNG state that the next epoch draws from, as plain data."""
-    np_state = np.random.get_state()
+    np_state: tuple[Any, ...] = np.random.get_state()  # type: ignore[assignment]  # the legacy tuple form
     state: dict[str, Any] = {
         "python": random.getstate(),
         "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),

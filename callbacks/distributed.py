@@ -98,7 +98,7 @@ def shard_loader(dl: Any, world_size: int, rank: int, seed: int | None, role: st
         seed = dl.generator.initial_seed() if dl.generator is not None else 0
     sampler = ShardBatchSampler(len(dl.dataset), dl.batch_size, world_size, rank,  # type: ignore[arg-type]
                                 shuffle=isinstance(dl.sampler, RandomSampler), seed=seed, drop_last=dl.drop_last)  # fmt: skip
-    extra = {"prefetch_factor": dl.prefetch_factor, "persistent_workers": dl.persistent_workers} if dl.num_workers else {}
+    extra: dict[str, Any] = {"prefetch_factor": dl.prefetch_factor, "persistent_workers": dl.persistent_workers} if dl.num_workers else {}
     return DataLoader(dl.dataset, batch_sampler=sampler, num_workers=dl.num_workers, collate_fn=dl.collate_fn,
                       pin_memory=dl.pin_memory, timeout=dl.timeout, worker_init_fn=dl.worker_init_fn, **extra)  # fmt: skip
 
@@ -177,7 +177,7 @@ class Distributed(Callback):
         learn.train_dl = shard_loader(learn.train_dl, self.world_size, self.rank, self.seed, "train")
         if learn.valid_dl is not None:
             learn.valid_dl = shard_loader(learn.valid_dl, self.world_size, self.rank, self.seed, "valid")
-        self._samplers = [dl.batch_sampler for dl in (learn.train_dl, learn.valid_dl) if dl is not None]
+        self._samplers = [dl.batch_sampler for dl in (learn.train_dl, learn.valid_dl) if dl is not None]  # type: ignore[misc]
         model = learn.model.to(self.device)
         # No buffer broadcast in forward: the only collectives are DDP's gradient all-reduce,
         # the stop agreement and AvgStats' sums, which keeps the agreement protocol simple.

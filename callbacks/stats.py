@@ -83,7 +83,7 @@ class WeightedSums:
             column = [row[i] for row in pending]
             if not all(isinstance(v, torch.Tensor) for v in column):
                 column = [torch.as_tensor(v, device=device) for v in column]
-            columns.append(torch.stack(column).reshape(len(pending)).to(dtype))
+            columns.append(torch.stack(column).reshape(len(pending)).to(dtype))  # type: ignore[arg-type]
         folded = torch.tensor(sizes, dtype=dtype, device=device) @ torch.stack(columns, dim=1)
         self._sums = folded if self._sums is None else self._sums + folded
 
@@ -170,7 +170,7 @@ class AvgStats(Callback):
         n = first.shape[0] if isinstance(first, torch.Tensor) and first.ndim else batch_size(yb or learn.xb)
         if self._with_metrics:
             pred = learn.pred
-            self._sums.add([learn.loss, *(m(pred, *yb) for m in self.metrics)], n)  # type: ignore[union-attr]
+            self._sums.add([learn.loss, *(m(pred, *yb) for m in self.metrics)], n)  # type: ignore[union-attr]  # set at before_<phase>
         else:
             self._sums.add((learn.loss,), n)  # type: ignore[union-attr]
 

@@ -60,6 +60,32 @@ class Learner:
     and it is off, since each would then train alone on all the data).
     """
 
+    # The contract's state (see docs/state.md); the loop writes these, callbacks read them.
+    model: nn.Module
+    dls: Any
+    train_dl: Iterable[Batch]
+    valid_dl: Iterable[Batch] | None
+    loss_func: Callable[..., torch.Tensor]
+    opt_func: OptFunc
+    opt: torch.optim.Optimizer  # None until the first fit makes it
+    lr: float
+    n_inp: int
+    cbs: list[Callback]
+    n_epochs: int
+    start_epoch: int
+    epoch: int
+    training: bool
+    dl: Iterable[Batch] | None
+    iter: int
+    n_iter: int | None
+    train_iter: int
+    pct_train: float
+    batch: Batch | None
+    xb: tuple[Any, ...]
+    yb: tuple[Any, ...]
+    pred: Any
+    loss: torch.Tensor  # None until the first batch
+
     def __init__(
         self,
         model: nn.Module,
@@ -89,9 +115,9 @@ class Learner:
         self.model, self.loss_func, self.opt_func, self.lr, self.n_inp = model, loss_func, opt_func, lr, n_inp
         self.dls = dls
         self.train_dl, self.valid_dl = self._split_dls(dls)
-        self.opt: torch.optim.Optimizer | None = None
+        self.opt = None  # type: ignore[assignment]  # made at the start of the first fit
         self.__dict__.update(_STATE_DEFAULTS)
-        self.cbs: list[Callback] = []
+        self.cbs = []
         self._by_name: dict[str, Callback] = {}
         self._dispatch: dict[str, list[tuple[Callback, Callable[[], None]]]] = {e: [] for e in EVENTS}
 
@@ -177,7 +203,7 @@ class Learner:
             for c in found:
                 self.cbs = [other for other in self.cbs if other is not c]
                 del self._by_name[c.cb_name]
-                c.learn = None
+                c.learn = None  # type: ignore[assignment]  # detached: reads no longer delegate
         self._sort_cbs()
         return self
 
