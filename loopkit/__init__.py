@@ -1,6 +1,7 @@
 """loopkit: a small, hackable, callback-driven training loop for PyTorch."""
 
 from .callback import Callback
+from .data import DataLoaders, ImageData, digits, image_folder, mnist_idx
 from .events import (
     EVENTS,
     CancelBackward,
@@ -27,5 +28,10 @@ __all__ = [
     "CancelStep",
     "CancelTrain",
     "CancelValidate",
+    "DataLoaders",
+    "ImageData",
     "Learner",
+    "digits",
+    "image_folder",
+    "mnist_idx",
 ]

@@ -1,0 +1,251 @@
+"""Image data for `Learner`: the embedded digits, MNIST IDX files, PNG class folders, `DataLoaders`.
+
+`digits`, `mnist_idx` and `image_folder` each return an `ImageData`: float images
+shaped (N, 1, H, W) and int64 labels for a train and a valid split. By default every
+pixel is normalised with the mean and std of the training split only, so nothing
+about the validation images leaks into training. `DataLoaders.from_tensors` turns
+the splits into torch `DataLoader`s that `Learner` takes as `dls`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+Tensors = tuple[torch.Tensor, ...]
+
+
+@dataclass(frozen=True)
+class ImageData:
+    """Images and labels of a train and a valid split.
+
+    `train` and `valid` are `(x, y)`: float images (N, 1, H, W) and int64 labels that
+    index `classes`. `mean` and `std` (1, H, W) are the training split's per-pixel
+    statistics the images were normalised with (`None` when not normalised); treat
+    new images the same way, `(x - mean) / std`.
+    """
+
+    train: Tensors
+    valid: Tensors
+    classes: list[str]
+    mean: torch.Tensor | None = None
+    std: torch.Tensor | None = None
+
+
+def _image_data(train: Tensors, valid: Tensors, classes: list[str], normalize: bool) -> ImageData:
+    if not normalize:
+        return ImageData(train, valid, classes)
+    mean, std = train[0].mean(0), train[0].std(0)
+    # A pixel constant over the training set (a blank corner) is centred but not scaled,
+    # so a valid image that differs there is not blown up by a near-zero std.
+    std = torch.where(std > 1e-6, std, torch.ones_like(std))
+    return ImageData(((train[0] - mean) / std, train[1]), ((valid[0] - mean) / std, valid[1]), classes, mean, std)
+
+
+def digits(valid_pct: float = 0.2, seed: int = 0, normalize: bool = True) -> ImageData:
+    """Return the 1,797 8x8 handwritten digits that ship with scikit-learn, split in two.
+
+    The valid split is `valid_pct` of the images, drawn by a permutation with its own
+    generator seeded by `seed`: the same arguments always give the same split, whatever
+    the global RNG state. Pixels are scaled from 0..16 to [0, 1] before normalising.
+    scikit-learn is imported on the first call; without it this raises `ImportError`.
+    """
+    if not 0 < valid_pct < 1:
+        raise ValueError(f"digits: valid_pct is the fraction of images to validate on, in (0, 1); got {valid_pct!r}.")
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as err:
+        raise ImportError(
+            "digits() reads the 8x8 digits that ship with scikit-learn, which is not installed; "
+            "pip install 'loopkit[recipes]' (or scikit-learn)."
+        ) from err
+    bunch = load_digits()
+    x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16
+    y = torch.tensor(bunch.target, dtype=torch.int64)
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    valid, train = order.split([round(len(y) * valid_pct), len(y) - round(len(y) * valid_pct)])
+    return _image_data((x[train], y[train]), (x[valid], y[valid]), [str(i) for i in range(10)], normalize)
+
+
+_IDX_NAMES = [("train-images-idx3-ubyte", "train-labels-idx1-ubyte"), ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")]
+
+
+def mnist_idx(path: str | Path, normalize: bool = True) -> ImageData:
+    """Read MNIST from the four IDX files in folder `path`, gzipped or not.
+
+    The `train-*` files are the train split, the `t10k-*` (test) files the valid split.
+    Each may be named `train-images-idx3-ubyte` or `train-images.idx3-ubyte`, with or
+    without `.gz`. Pixels are scaled from 0..255 to [0, 1] before normalising. Raises
+    `FileNotFoundError` for a missing folder or file, and `ValueError` for a wrong magic
+    number, a truncated or damaged file, or image and label counts that differ.
+    """
+    folder = _folder(path, "mnist_idx", "the folder holding train-images-idx3-ubyte(.gz) and the other three MNIST files")
+    splits = []
+    for images_name, labels_name in _IDX_NAMES:
+        images_file, labels_file = _find_idx(folder, images_name), _find_idx(folder, labels_name)
+        x, y = _read_idx(images_file, n_dims=3), _read_idx(labels_file, n_dims=1)
+        if len(x) != len(y):
+            raise ValueError(
+                f"{str(images_file)!r} holds {len(x)} images but {str(labels_file)!r} holds {len(y)} labels; "
+                "they must come from the same download."
+            )
+        splits.append((x.unsqueeze(1).float() / 255, y.long()))
+    n_classes = int(max(splits[0][1].max(), splits[1][1].max())) + 1
+    return _image_data(splits[0], splits[1], [str(i) for i in range(n_classes)], normalize)
+
+
+def _find_idx(folder: Path, name: str) -> Path:
+    dotted = name[: name.rindex("-")] + "." + name[name.rindex("-") + 1 :]  # train-images.idx3-ubyte
+    candidates = [folder / n for base in (name, dotted) for n in (base, base + ".gz")]
+    for file in candidates:
+        if file.is_file():
+            return file
+    raise FileNotFoundError(
+        f"mnist_idx: {str(folder)!r} has no {name!r} (nor {name}.gz, {dotted}, {dotted}.gz); "
+        "put the four MNIST IDX files in that folder."
+    )
+
+
+def _read_idx(file: Path, n_dims: int) -> torch.Tensor:
+    data = file.read_bytes()
+    if data[:2] == b"\x1f\x8b":  # gzip's magic, whatever the file is called
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError) as err:
+            raise ValueError(f"{str(file)!r} is a damaged gzip file ({err}); download it again.") from err
+    kind, magic = ("images", 0x803) if n_dims == 3 else ("labels", 0x801)
+    header = 4 + 4 * n_dims
+    got = int.from_bytes(data[:4], "big")
+    if len(data) >= 4 and got != magic:
+        raise ValueError(
+            f"{str(file)!r} has magic number {got:#010x}, but an IDX file of {kind} starts with {magic:#010x}; "
+            "check that it is the MNIST file of that name (images are idx3, labels idx1) and not damaged."
+        )
+    if len(data) < header:
+        raise ValueError(f"{str(file)!r} is truncated: {len(data)} bytes, shorter than an IDX header; download it again.")
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(n_dims)]
+    size = math.prod(dims)
+    if size == 0:
+        raise ValueError(f"{str(file)!r} holds no {kind}: its header gives shape {dims}; download it again.")
+    if len(data) - header != size:
+        what = "is longer than its header says" if len(data) - header > size else "is truncated"
+        raise ValueError(
+            f"{str(file)!r} {what}: the header gives shape {dims} ({size} bytes of {kind}) but the file holds "
+            f"{len(data) - header}; download it again."
+        )
+    return torch.frombuffer(bytearray(data[header:]), dtype=torch.uint8).reshape(dims)
+
+
+def image_folder(path: str | Path, normalize: bool = True) -> ImageData:
+    """Read PNG images laid out one folder per class: `path/train/3/*.png`, `path/valid/7/*.png`.
+
+    The classes are the folder names under `train`, sorted (numerically when they are
+    all whole numbers, so `10` follows `9`); a label is its class's index in
+    `data.classes`. Images are read with Pillow as greyscale and scaled to [0, 1].
+    Raises `FileNotFoundError` for a missing folder, and `ValueError` for a class
+    folder without PNG images, a valid class that train lacks, an unreadable image,
+    or images of different sizes.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    folder = _folder(path, "image_folder", "a folder with train/ and valid/ inside, one sub-folder of PNG images per class")
+    class_dirs = sorted(d.name for d in _folder(folder / "train", "image_folder", "train/<class>/*.png").iterdir() if d.is_dir())
+    classes = sorted(class_dirs, key=int) if all(c.isdigit() for c in class_dirs) else class_dirs
+    first: tuple[Path, tuple[int, int]] | None = None
+    splits = []
+    for split in ("train", "valid"):
+        split_dir = _folder(folder / split, "image_folder", f"{split}/<class>/*.png")
+        xs, ys = [], []
+        for class_dir in sorted(d for d in split_dir.iterdir() if d.is_dir()):
+            if class_dir.name not in classes:
+                raise ValueError(
+                    f"{str(class_dir)!r} is a class that {str(folder / 'train')!r} lacks (its classes are {classes}); "
+                    "add training images for it or remove the folder."
+                )
+            files = sorted(f for f in class_dir.iterdir() if f.suffix.lower() == ".png")
+            if not files:
+                raise ValueError(f"{str(class_dir)!r} holds no .png images; add some or remove the empty class folder.")
+            for file in files:
+                try:
+                    with Image.open(file) as opened:
+                        image = opened.convert("L")
+                except (UnidentifiedImageError, OSError) as err:
+                    raise ValueError(f"{str(file)!r} is not a readable image ({err}); replace or remove it.") from err
+                first = first or (file, image.size)
+                if image.size != first[1]:
+                    raise ValueError(
+                        f"{str(file)!r} is {image.width}x{image.height} pixels but {str(first[0])!r} is "
+                        f"{first[1][0]}x{first[1][1]}; all images must have one size, so resize them first."
+                    )
+                xs.append(torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).reshape(image.height, image.width))
+                ys.append(classes.index(class_dir.name))
+        if not xs:
+            raise ValueError(f"{str(split_dir)!r} holds no class folders; put the images in {split}/<class>/*.png.")
+        splits.append((torch.stack(xs).unsqueeze(1).float() / 255, torch.tensor(ys)))
+    return _image_data(splits[0], splits[1], classes, normalize)
+
+
+def _folder(path: str | Path, func: str, expected: str) -> Path:
+    folder = Path(path)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{func}: {str(folder)!r} is not a folder; pass {expected}.")
+    return folder
+
+
+class DataLoaders:
+    """A training and a validation `DataLoader` (`.train`, `.valid`): what `Learner` takes as `dls`.
+
+    `valid` may be `None` (no validation phase).
+    """
+
+    def __init__(self, train: DataLoader, valid: DataLoader | None) -> None:
+        self.train, self.valid = train, valid
+
+    @classmethod
+    def from_datasets(cls, train_ds: Dataset, valid_ds: Dataset | None, bs: int = 64, valid_bs: int | None = None,
+                      seed: int = 0, pin_memory: bool | None = None, **kwargs: Any) -> DataLoaders:  # fmt: skip
+        """Return loaders over two map-style datasets.
+
+        `train` shuffles with its own generator seeded by `seed`, so the same seed gives
+        the same batches whatever else draws random numbers (and checkpoints save its
+        state). `valid` keeps its order, in batches of `valid_bs` (default `2 * bs`:
+        without gradients a larger batch fits). `pin_memory` defaults to whether CUDA is
+        available, so the `Device` callback's copies can be non-blocking. Other keyword
+        arguments (`num_workers`, `drop_last`...) go to both `DataLoader`s.
+        """
+        for name, value in (("bs", bs), ("valid_bs", valid_bs if valid_bs is not None else 1)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"DataLoaders: {name} is a number of samples per batch, an int >= 1; got {value!r}.")
+        pin = torch.cuda.is_available() if pin_memory is None else pin_memory
+        generator = torch.Generator().manual_seed(seed)
+        train = DataLoader(train_ds, batch_size=bs, shuffle=True, generator=generator, pin_memory=pin, **kwargs)
+        valid = None if valid_ds is None else DataLoader(valid_ds, batch_size=valid_bs or 2 * bs, pin_memory=pin, **kwargs)
+        return cls(train, valid)
+
+    @classmethod
+    def from_tensors(cls, train: Tensors, valid: Tensors | None, **kwargs: Any) -> DataLoaders:
+        """Return loaders over `train` and `valid`, each a tuple of tensors such as `(x, y)`.
+
+        A batch is a tuple of matching slices of the tensors. Keyword arguments are
+        those of `from_datasets`. Raises `ValueError` if the tensors of a split differ
+        in length.
+        """
+        datasets = []
+        for name, tensors in (("train", train), ("valid", valid)):
+            if tensors is not None and len({len(t) for t in tensors}) != 1:
+                raise ValueError(
+                    f"DataLoaders.from_tensors: the {name} tensors must have one length (one row per sample), "
+                    f"got lengths {[len(t) for t in tensors]}."
+                )
+            datasets.append(None if tensors is None else TensorDataset(*tensors))
+        return cls.from_datasets(datasets[0], datasets[1], **kwargs)  # type: ignore[arg-type]  # train is never None
+
+    def __repr__(self) -> str:
+        sizes = [None if dl is None else len(dl.dataset) for dl in (self.train, self.valid)]  # type: ignore[arg-type]
+        return f"DataLoaders(train={sizes[0]} samples, valid={sizes[1]} samples)"
