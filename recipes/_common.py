@@ -1,0 +1,85 @@
+"""What every recipe shares: its command line, its data, seeding, a metric, the files it writes."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from loopkit import ImageData, Learner, digits, image_folder, mnist_idx
+
+
+def make_parser(doc: str, name: str, epochs: int, bs: int, lr: float) -> argparse.ArgumentParser:
+    """Return the recipe's argument parser with the shared flags and the recipe's defaults."""
+    parser = argparse.ArgumentParser(
+        prog=f"python -m loopkit.recipes.{name}", description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--epochs", type=int, default=epochs, help="number of epochs (default: %(default)s)")
+    parser.add_argument("--bs", type=int, default=bs, help="training batch size (default: %(default)s)")
+    parser.add_argument("--lr", type=float, default=lr, help="learning rate (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seeds the model's initial weights and the shuffling; the split is fixed (default: 0)")
+    parser.add_argument("--data", type=Path, default=None, metavar="PATH",
+                        help="a folder of MNIST IDX files, or one with train/ and valid/ folders of PNG images per "
+                        "class (default: the 8x8 digits that ship with scikit-learn)")
+    parser.add_argument("--out", type=Path, default=Path("runs") / name, metavar="DIR",
+                        help="where to write metrics.csv, loss.png, model.pt... (default: %(default)s)")
+    return parser
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python's, numpy's and torch's global RNGs, so the same seed gives the same run."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def load_data(path: Path | None) -> ImageData:
+    """Return the embedded digits, or the MNIST IDX files or PNG class folders at `path`."""
+    if path is None:
+        return digits()
+    if (Path(path) / "train").is_dir():
+        return image_folder(path)
+    return mnist_idx(path)
+
+
+def accuracy(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Return the fraction of samples whose highest-scoring class is the target."""
+    return (pred.argmax(dim=1) == y).float().mean()
+
+
+def write_metrics(rows: Sequence[dict[str, Any]], path: Path) -> None:
+    """Write `rows` (one dict per epoch, as in `learn.avg_stats.history`) to a CSV file."""
+    with path.open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def report(final: dict[str, float], out: Path, files: Sequence[str]) -> dict[str, float]:
+    """Print the final validation loss and accuracy and the files written; return `final`."""
+    print(f"final valid_loss {final['valid_loss']:.4f}  accuracy {final['accuracy']:.4f}")
+    print(f"wrote {', '.join(files)} to {out}")
+    return final
+
+
+def save_outputs(learn: Learner, out: Path, sched: bool = False) -> dict[str, float]:
+    """Write metrics.csv, loss.png, sched.png (when `sched`) and model.pt into `out`, and report.
+
+    Returns the last epoch's figures (`train_loss`, `valid_loss`, `accuracy`).
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    history = learn.avg_stats.history
+    write_metrics(history, out / "metrics.csv")
+    learn.recorder.plot_loss(path=out / "loss.png")
+    if sched:
+        learn.recorder.plot_sched(path=out / "sched.png")
+    torch.save(learn.model.state_dict(), out / "model.pt")  # weights only: load with weights_only=True
+    files = ["metrics.csv", "loss.png", *(["sched.png"] if sched else []), "model.pt"]
+    return report({k: v for k, v in history[-1].items() if k != "epoch"}, out, files)

@@ -1,0 +1,70 @@
+"""recipes/digits.py: the MLP that README points at."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from loopkit import digits
+from tests.recipes.conftest import read_metrics, run_recipe
+from tests.test_data import mnist_tensors, write_folders, write_mnist
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_digits_meets_its_floor_and_writes_its_files(default_run):
+    final, out = default_run("digits")
+    assert final["accuracy"] >= 0.95
+    assert sorted(p.name for p in out.iterdir()) == ["loss.png", "metrics.csv", "model.pt"]
+    assert read_metrics(out)[-1] == {"epoch": 9.0, **final}
+    # model.pt holds the final weights: reloaded, they score the reported accuracy.
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 100), nn.ReLU(), nn.Linear(100, 10))
+    model.load_state_dict(torch.load(out / "model.pt", weights_only=True))
+    x, y = digits().valid
+    with torch.no_grad():
+        assert (model(x).argmax(1) == y).float().mean().item() == pytest.approx(final["accuracy"], abs=1e-6)
+
+
+def test_digits_prints_the_epoch_table_and_final_figures(tmp_path, capsys):
+    final = run_recipe("digits", ["--epochs", "2", "--out", str(tmp_path)])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["epoch", "train_loss", "valid_loss", "accuracy", "time"]
+    assert [line.split()[0] for line in lines[1:3]] == ["0", "1"]
+    assert f"final valid_loss {final['valid_loss']:.4f}  accuracy {final['accuracy']:.4f}" in lines
+
+
+def test_digits_same_seed_same_numbers(tmp_path):
+    first = run_recipe("digits", ["--epochs", "2", "--out", str(tmp_path / "a")])
+    again = run_recipe("digits", ["--epochs", "2", "--out", str(tmp_path / "b")])
+    other = run_recipe("digits", ["--epochs", "2", "--seed", "1", "--out", str(tmp_path / "c")])
+    assert first == again and read_metrics(tmp_path / "a") == read_metrics(tmp_path / "b")
+    assert other != first
+
+
+@pytest.mark.parametrize("layout", ["mnist_idx", "image_folder"])
+def test_digits_trains_on_data_from_a_folder(tmp_path, layout):
+    if layout == "mnist_idx":
+        write_mnist(tmp_path / "data", gz=True)
+        n_valid, n_pixels, n_classes = len(mnist_tensors()["t10k-labels-idx1-ubyte"]), 20, 10
+    else:
+        write_folders(tmp_path / "data", {"train": {"3": 4, "7": 4}, "valid": {"3": 2, "7": 3}}, size=(6, 5))
+        n_valid, n_pixels, n_classes = 5, 30, 2
+    final = run_recipe("digits", ["--data", str(tmp_path / "data"), "--epochs", "2", "--out", str(tmp_path / "out")])
+    assert read_metrics(tmp_path / "out")[-1]["accuracy"] == final["accuracy"]
+    assert final["accuracy"] * n_valid == pytest.approx(round(final["accuracy"] * n_valid))  # scored the folder's valid images
+    weights = torch.load(tmp_path / "out" / "model.pt", weights_only=True)
+    assert weights["1.weight"].shape == (100, n_pixels) and weights["3.weight"].shape == (n_classes, 100)
+
+
+def test_digits_runs_from_a_checkout_and_as_a_module(tmp_path):
+    script = subprocess.run([sys.executable, str(ROOT / "recipes" / "digits.py"), "--help"],
+                            capture_output=True, text=True, check=True)  # fmt: skip
+    assert "--epochs" in script.stdout and "--data PATH" in script.stdout
+    module = subprocess.run([sys.executable, "-m", "loopkit.recipes.digits", "--epochs", "1", "--out", str(tmp_path)],
+                            capture_output=True, text=True, check=True, cwd=tmp_path)  # fmt: skip
+    assert "final valid_loss" in module.stdout and (tmp_path / "model.pt").is_file()
