@@ -58,6 +58,8 @@ class Learner:
     `TrainEval` is added. `distributed=True` adds `Distributed`, for scripts
     started by `torchrun` (loopkit warns when torchrun started several processes
     and it is off, since each would then train alone on all the data).
+    `device` adds `Device(device)`, which moves the model and every batch there:
+    `"auto"` picks CUDA, else MPS, else CPU; `None` (the default) moves nothing.
     """
 
     # The contract's state (see docs/state.md); the loop writes these, callbacks read them.
@@ -98,6 +100,7 @@ class Learner:
         n_inp: int = 1,
         default_cbs: bool = True,
         distributed: bool = False,
+        device: str | torch.device | int | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
@@ -121,13 +124,15 @@ class Learner:
         self._by_name: dict[str, Callback] = {}
         self._dispatch: dict[str, list[tuple[Callback, Callable[[], None]]]] = {e: [] for e in EVENTS}
 
-        from loopkit.callbacks import AvgStats, Distributed, ProgressBar, Recorder, TrainEval
+        from loopkit.callbacks import AvgStats, Device, Distributed, ProgressBar, Recorder, TrainEval
 
         defaults: list[Callback] = [TrainEval()]
         if default_cbs:
             defaults += [AvgStats(metrics), Recorder(), ProgressBar()]
         elif metrics:
             raise ValueError("metrics are computed by AvgStats; with default_cbs=False add AvgStats(metrics) to cbs.")
+        if device is not None:
+            defaults.append(Device(device))
         if distributed:
             defaults.append(Distributed())
         elif Distributed.launched():

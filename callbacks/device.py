@@ -1,0 +1,121 @@
+"""Put the model and each batch on a device: `Device`, `to_device` and `pick_device`."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+
+from loopkit import Callback
+
+DeviceLike = torch.device | str | int
+
+
+def pick_device(device: DeviceLike | None = None) -> torch.device:
+    """Return `device` as a `torch.device`; `None` or `"auto"` pick CUDA, else MPS, else CPU.
+
+    Raises `ValueError` for a name torch does not know, or for a CUDA or MPS
+    device that this machine does not have.
+    """
+    if device is None or device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if isinstance(device, int) and not isinstance(device, bool):
+        device = f"cuda:{device}"  # torch reads a bare index as a CUDA device
+    try:
+        picked = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(
+            f"{device!r} is not a device torch knows; pass e.g. 'cpu', 'cuda', 'cuda:1', 'mps', "
+            "or None / 'auto' for the default device."
+        ) from None
+    if picked.type == "cuda":
+        n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n_gpus == 0 or (picked.index is not None and picked.index >= n_gpus):
+            raise ValueError(
+                f"device {str(picked)!r} was asked for, but this machine has {n_gpus} CUDA device(s); "
+                "pass None or 'auto' to use the best device available."
+            )
+    if picked.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("device 'mps' was asked for, but MPS is not available here; pass None or 'auto' instead.")
+    return picked
+
+
+def to_device(obj: Any, device: DeviceLike, non_blocking: bool = True) -> Any:
+    """Return `obj` with every tensor moved to `device`, through tuples, lists, dicts and namedtuples.
+
+    Containers are rebuilt with their own type (a namedtuple stays that
+    namedtuple, a `defaultdict` keeps its factory); leaves that are not tensors
+    are returned as they are. A tensor already on `device` is not copied. With
+    `non_blocking` (the default) a copy is asynchronous only where that is safe:
+    from pinned CPU memory to a CUDA device; every other copy is synchronous.
+    """
+    device = torch.device(device)
+    if isinstance(obj, torch.Tensor):
+        async_copy = non_blocking and device.type == "cuda" and obj.device.type == "cpu" and obj.is_pinned()
+        return obj.to(device, non_blocking=async_copy)
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # a namedtuple takes its fields positionally
+        return type(obj)(*(to_device(item, device, non_blocking) for item in obj))
+    if isinstance(obj, (tuple, list)):
+        moved = [to_device(item, device, non_blocking) for item in obj]
+        return moved if type(obj) is list else type(obj)(moved)
+    if isinstance(obj, dict):
+        out = copy.copy(obj)  # keeps the dict's type and, for a defaultdict, its factory
+        for key, value in obj.items():
+            out[key] = to_device(value, device, non_blocking)
+        return out
+    return obj
+
+
+class Device(Callback):
+    """Train on `device`: move the model (and optimizer state) at the start of a fit, and each batch.
+
+    Events: before_fit, before_batch. Reads: model, opt, batch, n_inp.
+    Writes on the learner: `model` (moved in place), `batch`, `xb`, `yb` (moved).
+    Publishes: `device` (the `torch.device` in use, as `learn.device.device`), `non_blocking`.
+    order = -90: right after `TrainEval` (-100), so every other callback sees the
+    model and the batch on the device; `Distributed` (-30) and `MixedPrecision`
+    (-25) read the model's device after it was placed.
+
+    `device=None` or `"auto"` picks CUDA if available, else MPS, else CPU
+    (`pick_device`); `Learner(..., device=...)` adds this callback for you. An
+    existing optimizer's state (momentum buffers, Adam moments) moves with the
+    model. Batches go through `to_device`: nested tuples, lists, dicts and
+    namedtuples are walked, non-tensor leaves are kept, and copies from pinned
+    memory (`DataLoader(..., pin_memory=True)`) to CUDA are asynchronous when
+    `non_blocking` is true. The batch is copied when it starts, on the current
+    stream; copying the next batch on a side stream while the current one trains
+    is not done, since we have not measured that it helps.
+    """
+
+    order = -90
+
+    def __init__(self, device: DeviceLike | None = None, non_blocking: bool = True) -> None:
+        self.device = pick_device(device)
+        self.non_blocking = non_blocking
+
+    def before_fit(self) -> None:
+        learn = self.learn
+        learn.model = learn.model.to(self.device)
+        opt = learn.opt
+        if opt is not None and any(
+            isinstance(value, torch.Tensor) and key != "step" and value.device != param.device
+            for param, state in opt.state.items()
+            for key, value in state.items()
+        ):
+            # load_state_dict casts each state tensor to its parameter's device and keeps
+            # the step counters where the optimizer wants them (on the CPU, unless fused).
+            opt.load_state_dict(opt.state_dict())
+
+    def before_batch(self) -> None:
+        learn = self.learn
+        batch = to_device(learn.batch, self.device, self.non_blocking)
+        learn.batch = batch
+        learn.xb, learn.yb = tuple(batch[: learn.n_inp]), tuple(batch[learn.n_inp :])
+
+    def __repr__(self) -> str:
+        return f"Device({str(self.device)!r})"
