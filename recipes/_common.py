@@ -80,6 +80,7 @@ def save_outputs(learn: Learner, out: Path, sched: bool = False) -> dict[str, fl
     learn.recorder.plot_loss(path=out / "loss.png")
     if sched:
         learn.recorder.plot_sched(path=out / "sched.png")
-    torch.save(learn.model.state_dict(), out / "model.pt")  # weights only: load with weights_only=True
+    # Weights only, on the CPU: loads anywhere with torch.load(path, weights_only=True).
+    torch.save({k: v.cpu() for k, v in learn.model.state_dict().items()}, out / "model.pt")
     files = ["metrics.csv", "loss.png", *(["sched.png"] if sched else []), "model.pt"]
     return report({k: v for k, v in history[-1].items() if k != "epoch"}, out, files)

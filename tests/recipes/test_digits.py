@@ -68,3 +68,35 @@ def test_digits_runs_from_a_checkout_and_as_a_module(tmp_path):
     module = subprocess.run([sys.executable, "-m", "loopkit.recipes.digits", "--epochs", "1", "--out", str(tmp_path)],
                             capture_output=True, text=True, check=True, cwd=tmp_path)  # fmt: skip
     assert "final valid_loss" in module.stdout and (tmp_path / "model.pt").is_file()
+
+
+def test_accumulate_trains_like_the_bigger_batch(tmp_path):
+    # The loader draws the same permutation whatever --bs is, so windows of 64 samples made of
+    # micro-batches of 16 hold exactly the samples of the batches of 64.
+    big = run_recipe("digits", ["--epochs", "2", "--bs", "64", "--out", str(tmp_path / "big")])
+    windows = run_recipe("digits", ["--epochs", "2", "--bs", "16", "--accumulate", "64", "--out", str(tmp_path / "acc")])
+    small = run_recipe("digits", ["--epochs", "2", "--bs", "16", "--out", str(tmp_path / "small")])
+    assert windows == pytest.approx(big, rel=1e-4)
+    assert small != pytest.approx(big, rel=1e-2)  # without accumulation, batches of 16 train differently
+
+
+def test_amp_bf16_meets_the_floor(tmp_path):
+    plain = run_recipe("digits", ["--epochs", "3", "--out", str(tmp_path / "fp32")])
+    mixed = run_recipe("digits", ["--epochs", "3", "--amp", "bf16", "--out", str(tmp_path / "bf16")])
+    assert mixed["accuracy"] >= 0.95
+    assert mixed["valid_loss"] != plain["valid_loss"]  # autocast did run
+
+
+def test_device_flag_reaches_the_device_callback(tmp_path):
+    with pytest.raises(ValueError, match="'nonsense' is not a device torch knows"):
+        run_recipe("digits", ["--device", "nonsense", "--out", str(tmp_path)])
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("amp", [None, "bf16", "fp16"])
+def test_digits_on_cuda_meets_the_floor(tmp_path, amp):
+    argv = ["--device", "cuda", "--out", str(tmp_path)] + (["--amp", amp] if amp else [])
+    final = run_recipe("digits", argv)
+    assert final["accuracy"] >= 0.95
+    assert torch.load(tmp_path / "model.pt", weights_only=True)["1.weight"].device.type == "cpu"
