@@ -100,16 +100,26 @@ class Device(Callback):
 
     def before_fit(self) -> None:
         learn = self.learn
-        learn.model = learn.model.to(self.device)
         opt = learn.opt
-        if opt is not None and any(
+        before = list(learn.model.parameters())
+        saved = opt.state_dict() if opt is not None else None
+        learn.model = learn.model.to(self.device)
+        if opt is None or saved is None:
+            return
+        # Moving to CUDA or MPS keeps each Parameter object, but some moves (to 'meta', or with
+        # torch.__future__.set_overwrite_module_params_on_conversion) make new ones, which the
+        # optimizer made before this fit would not update: point it at the new ones.
+        replaced = {id(old): new for old, new in zip(before, learn.model.parameters()) if old is not new}
+        for group in opt.param_groups:
+            group["params"] = [replaced.get(id(p), p) for p in group["params"]]
+        if replaced or any(
             isinstance(value, torch.Tensor) and key != "step" and value.device != param.device
             for param, state in opt.state.items()
             for key, value in state.items()
         ):
-            # load_state_dict casts each state tensor to its parameter's device and keeps
-            # the step counters where the optimizer wants them (on the CPU, unless fused).
-            opt.load_state_dict(opt.state_dict())
+            # load_state_dict maps the state to the parameters by position, casts it to each
+            # parameter's device, and keeps step counters where the optimizer wants them.
+            opt.load_state_dict(saved)
 
     def before_batch(self) -> None:
         learn = self.learn
