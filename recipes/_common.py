@@ -72,10 +72,14 @@ def report(final: dict[str, float], out: Path, files: Sequence[str]) -> dict[str
 def save_outputs(learn: Learner, out: Path, sched: bool = False) -> dict[str, float]:
     """Write metrics.csv, loss.png, sched.png (when `sched`) and model.pt into `out`, and report.
 
-    Returns the last epoch's figures (`train_loss`, `valid_loss`, `accuracy`).
+    Returns the last epoch's figures (`train_loss`, `valid_loss`, `accuracy`). Under
+    distributed training every rank has the same figures, and only rank 0 writes.
     """
-    out.mkdir(parents=True, exist_ok=True)
     history = learn.avg_stats.history
+    final = {k: v for k, v in history[-1].items() if k != "epoch"}
+    if getattr(learn, "distributed", None) is not None and learn.distributed.rank != 0:
+        return final
+    out.mkdir(parents=True, exist_ok=True)
     write_metrics(history, out / "metrics.csv")
     learn.recorder.plot_loss(path=out / "loss.png")
     if sched:
@@ -83,4 +87,4 @@ def save_outputs(learn: Learner, out: Path, sched: bool = False) -> dict[str, fl
     # Weights only, on the CPU: loads anywhere with torch.load(path, weights_only=True).
     torch.save({k: v.cpu() for k, v in learn.model.state_dict().items()}, out / "model.pt")
     files = ["metrics.csv", "loss.png", *(["sched.png"] if sched else []), "model.pt"]
-    return report({k: v for k, v in history[-1].items() if k != "epoch"}, out, files)
+    return report(final, out, files)

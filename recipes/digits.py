@@ -9,6 +9,7 @@ and --amp show the callbacks that fit bigger batches on smaller hardware.
     python recipes/digits.py                 # embedded 8x8 digits, a few seconds
     python recipes/digits.py --bs 16 --accumulate 64 --amp bf16
     python -m loopkit.recipes.digits --data ~/data/mnist --epochs 3 --device cuda
+    torchrun --standalone --nproc_per_node 2 recipes/digits.py   # data-parallel
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from loopkit import DataLoaders, Learner
-from loopkit.callbacks import GradientAccumulation, MixedPrecision
+from loopkit.callbacks import Distributed, GradientAccumulation, MixedPrecision
 from loopkit.recipes._common import accuracy, load_data, make_parser, save_outputs, seed_everything
 
 EPOCHS, BS, LR, MOMENTUM, HIDDEN = 10, 64, 0.05, 0.9, 100
@@ -46,8 +47,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     cbs = [GradientAccumulation(args.accumulate)] if args.accumulate else []
     cbs += [MixedPrecision(args.amp)] if args.amp else []
     opt_func = partial(torch.optim.SGD, momentum=MOMENTUM)
+    # Under torchrun each process trains on its shard and rank 0 writes the outputs.
     learn = Learner(model, dls, F.cross_entropy, opt_func=opt_func, lr=args.lr, metrics=[accuracy],
-                    cbs=cbs, device=args.device)  # fmt: skip
+                    cbs=cbs, device=args.device, distributed=Distributed.launched())  # fmt: skip
     learn.fit(args.epochs)
     return save_outputs(learn, args.out)
 
