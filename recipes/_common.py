@@ -15,14 +15,15 @@ import torch
 from loopkit import ImageData, Learner, digits, image_folder, mnist_idx
 
 
-def make_parser(doc: str, name: str, epochs: int, bs: int, lr: float) -> argparse.ArgumentParser:
+def make_parser(doc: str, name: str, epochs: int, bs: int, lr: float | None,
+                lr_help: str = "learning rate (default: %(default)s)") -> argparse.ArgumentParser:  # fmt: skip
     """Return the recipe's argument parser with the shared flags and the recipe's defaults."""
     parser = argparse.ArgumentParser(
         prog=f"python -m loopkit.recipes.{name}", description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--epochs", type=int, default=epochs, help="number of epochs (default: %(default)s)")
     parser.add_argument("--bs", type=int, default=bs, help="training batch size (default: %(default)s)")
-    parser.add_argument("--lr", type=float, default=lr, help="learning rate (default: %(default)s)")
+    parser.add_argument("--lr", type=float, default=lr, help=lr_help)
     parser.add_argument("--seed", type=int, default=0,
                         help="seeds the model's initial weights and the shuffling; the split is fixed (default: 0)")
     parser.add_argument("--data", type=Path, default=None, metavar="PATH",
@@ -69,10 +70,10 @@ def report(final: dict[str, float], out: Path, files: Sequence[str]) -> dict[str
     return final
 
 
-def save_outputs(learn: Learner, out: Path, sched: bool = False) -> dict[str, float]:
+def save_outputs(learn: Learner, out: Path, sched: bool = False, also: Sequence[str] = ()) -> dict[str, float]:
     """Write metrics.csv, loss.png, sched.png (when `sched`) and model.pt into `out`, and report.
 
-    Returns the last epoch's figures (`train_loss`, `valid_loss`, `accuracy`). Under
+    `also` names files the recipe wrote there itself, for the report. Returns the last epoch's figures (`train_loss`, `valid_loss`, `accuracy`). Under
     distributed training every rank has the same figures, and only rank 0 writes.
     """
     history = learn.avg_stats.history
@@ -86,5 +87,5 @@ def save_outputs(learn: Learner, out: Path, sched: bool = False) -> dict[str, fl
         learn.recorder.plot_sched(path=out / "sched.png")
     # Weights only, on the CPU: loads anywhere with torch.load(path, weights_only=True).
     torch.save({k: v.cpu() for k, v in learn.model.state_dict().items()}, out / "model.pt")
-    files = ["metrics.csv", "loss.png", *(["sched.png"] if sched else []), "model.pt"]
+    files = ["metrics.csv", "loss.png", *(["sched.png"] if sched else []), "model.pt", *also]
     return report(final, out, files)

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 
 
 def run_recipe(name: str, argv: list[str]) -> dict[str, float]:
@@ -19,6 +20,16 @@ def read_metrics(out: Path) -> list[dict[str, float]]:
     """Return the rows of `out/metrics.csv` as floats."""
     with (out / "metrics.csv").open() as file:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(file)]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """Train on one CPU thread: these models are too small to gain from more, and on a shared
+    machine competing threads slow them down several times. Restored after the session."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -67,7 +67,8 @@ def test_digits_runs_from_a_checkout_and_as_a_module(tmp_path):
                             capture_output=True, text=True, check=True)  # fmt: skip
     assert "--epochs" in script.stdout and "--data PATH" in script.stdout
     module = subprocess.run([sys.executable, "-m", "loopkit.recipes.digits", "--epochs", "1", "--out", str(tmp_path)],
-                            capture_output=True, text=True, check=True, cwd=tmp_path)  # fmt: skip
+                            capture_output=True, text=True, check=True, cwd=tmp_path,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
     assert "final valid_loss" in module.stdout and (tmp_path / "model.pt").is_file()
 
 
