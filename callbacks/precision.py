@@ -116,7 +116,6 @@ class MixedPrecision(Callback):
             )
 
     def _enter(self) -> None:
-        self._leave()
         self._autocast.__enter__()  # type: ignore[union-attr]  # made at before_fit
         self._active = True
 
@@ -213,7 +212,8 @@ class GradientClip(Callback):
         self.grad_norm: torch.Tensor | None = None
 
     def before_step(self) -> None:
-        self.grad_norm = torch.nn.utils.clip_grad_norm_(_grads(self.learn.opt), self.max_norm, self.norm_type)
+        params = [p for group in self.learn.opt.param_groups for p in group["params"] if p.grad is not None]
+        self.grad_norm = torch.nn.utils.clip_grad_norm_(params, self.max_norm, self.norm_type)
 
     def __repr__(self) -> str:
         return f"GradientClip(max_norm={self.max_norm}, norm_type={self.norm_type})"

@@ -7,6 +7,7 @@ has: a tensor moved there visibly changes device.
 from __future__ import annotations
 
 from collections import OrderedDict, defaultdict, namedtuple
+from functools import partial
 from unittest import mock
 
 import pytest
@@ -89,7 +90,7 @@ def test_device_moves_model_and_every_batch_including_xb_and_yb():
 
 def test_optimizer_state_moves_with_the_model():
     x, y = make_data(8)
-    adam = lambda params, lr: torch.optim.Adam(params, lr=lr)  # noqa: E731
+    adam = partial(torch.optim.Adam)
     learn = Learner(tiny_model(), ([(x, y)], None), F.cross_entropy, opt_func=adam, default_cbs=False)
     learn.fit(1)  # on the CPU: Adam's moments now exist there
     learn.fit(1, cbs=[Device("meta")])
