@@ -8,11 +8,29 @@ from .distributed import Distributed, ShardBatchSampler
 from .precision import GradientClip, MixedPrecision
 from .progress import ProgressBar
 from .recorder import Recorder
+from .schedule import (
+    AnnealFunc,
+    Annealer,
+    LRFinder,
+    LRFindResult,
+    ParamScheduler,
+    TorchScheduler,
+    combine_scheds,
+    one_cycle_scheds,
+    preserve_state,
+    sched_cos,
+    sched_exp,
+    sched_lin,
+    sched_no,
+    sched_poly,
+)
 from .stats import AvgStats, PhaseStats, WeightedSums, batch_size
 from .stopping import EarlyStopping, TerminateOnNaN
 from .training import TrainEval
 
 __all__ = [
+    "AnnealFunc",
+    "Annealer",
     "AvgStats",
     "CSVLogger",
     "Device",
@@ -20,16 +38,28 @@ __all__ = [
     "EarlyStopping",
     "GradientAccumulation",
     "GradientClip",
+    "LRFindResult",
+    "LRFinder",
     "MixedPrecision",
+    "ParamScheduler",
     "PhaseStats",
     "ProgressBar",
     "Recorder",
     "SaveModel",
     "ShardBatchSampler",
     "TerminateOnNaN",
+    "TorchScheduler",
     "TrainEval",
     "WeightedSums",
     "batch_size",
+    "combine_scheds",
+    "one_cycle_scheds",
     "pick_device",
+    "preserve_state",
+    "sched_cos",
+    "sched_exp",
+    "sched_lin",
+    "sched_no",
+    "sched_poly",
     "to_device",
 ]

@@ -419,6 +419,44 @@ class Learner:
 
         apply_checkpoint(self, checkpoint)
 
+    # -- schedules ------------------------------------------------------------------------
+
+    def fit_one_cycle(self, n_epochs: int, lr_max: float | Sequence[float], div: float = 25.0,
+                      div_final: float = 1e5, pct_start: float = 0.25,
+                      moms: Sequence[float] | None = (0.95, 0.85, 0.95), wd: float | None = None,
+                      cbs: Iterable[Callback] | None = None) -> None:
+        """Fit with the one-cycle policy: the lr warms up to `lr_max` and anneals down, momentum the other way.
+
+        Over the first `pct_start` of training the lr follows a half cosine from
+        `lr_max / div` to `lr_max`, then another down to `lr_max / div_final`;
+        momentum goes from `moms[0]` to `moms[1]` and back to `moms[2]` (`None`:
+        left alone). `lr_max` may be a list, one per param group. `wd`, if given,
+        sets `weight_decay` of every group. A `ParamScheduler` with these schedules
+        (`one_cycle_scheds`) is added for this fit only, with `cbs`.
+        """
+        from loopkit.callbacks import ParamScheduler, one_cycle_scheds
+
+        scheduler = ParamScheduler(one_cycle_scheds(lr_max, div, div_final, pct_start, moms, wd))
+        self.fit(n_epochs, cbs=[scheduler, *(cbs or ())])
+
+    def lr_find(self, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100, stop_div: bool = True,
+                cbs: Iterable[Callback] | None = None) -> Any:
+        """Sweep the lr exponentially over `num_it` training batches; return an `LRFindResult`.
+
+        The sweep (an `LRFinder`) spans epochs if the loader is short, skips
+        validation, and stops early once the smoothed loss diverges (`stop_div`).
+        Afterwards the learner is as it was: weights and optimizer state bitwise,
+        callbacks' state, RNG states and loop counters (`preserve_state`). The
+        result has `lr_steep` and `lr_min` (suggested lrs), `lrs`, `losses`, and
+        `plot(path=None)`, which returns the figure and can save it.
+        """
+        from loopkit.callbacks import LRFinder, preserve_state
+
+        finder = LRFinder(start_lr, end_lr, num_it, stop_div)
+        with preserve_state(self):
+            self.fit(finder.epochs_for(self.train_dl), cbs=[finder, *(cbs or ())])
+        return finder.result
+
 
 def _flatten(items: Iterable[Any]) -> Iterator[Any]:
     for item in items:

@@ -1,0 +1,688 @@
+"""Hyper-parameter schedules: annealers, `ParamScheduler`, one-cycle, torch schedulers, and `LRFinder`.
+
+An annealer is a function of `pos`, the fraction of training done, in [0, 1].
+`sched_lin(0.1, 1.0)(0.5)` is 0.55. Annealers also take a numpy array or a
+tensor of positions (for plotting), and `combine_scheds` joins them over
+consecutive fractions of training. `ParamScheduler` sets hyper-parameters from
+them at every training batch; `learn.fit_one_cycle` and `learn.lr_find` are
+built on this module.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import copy
+import math
+import numbers
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, overload
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
+
+from loopkit import Callback, CancelFit, CancelValidate
+
+from ._dist import is_main_process
+from ._hypers import get_hyper, hyper_keys, set_hyper
+from ._monitor import Monitor
+from .checkpoint import rng_state, set_rng_state
+
+if TYPE_CHECKING:
+    from loopkit import Learner
+
+AnnealFunc = Callable[[float], float]
+"""A function of `pos` in [0, 1] (the fraction of training done) to a hyper-parameter value."""
+
+
+def _number(func: str, name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{func}: {name} must be a number, got {value!r}; pass a float such as 0.1.")
+    if not math.isfinite(value):
+        raise ValueError(f"{func}: {name} must be finite, got {value!r}.")
+    return value  # type: ignore[return-value]  # a Real: int, float or numpy scalar
+
+
+class Annealer:
+    """A schedule made by `sched_lin`, `sched_cos`, ... or `combine_scheds`: call it with `pos`.
+
+    `pos` is a float in [0, 1] (a float comes back), or a numpy array, a
+    sequence or a tensor of positions (an array or a tensor comes back).
+    Positions outside [0, 1] are clamped to it. The `repr` is the call that
+    makes the schedule.
+    """
+
+    @overload
+    def __call__(self, pos: float) -> float: ...
+    @overload
+    def __call__(self, pos: torch.Tensor) -> torch.Tensor: ...
+    @overload
+    def __call__(self, pos: np.ndarray | Sequence[float]) -> np.ndarray: ...
+
+    def __call__(self, pos: Any) -> Any:
+        """Return the value at `pos` (a float, or one value per position of an array or tensor)."""
+        if isinstance(pos, torch.Tensor):
+            p = pos if pos.is_floating_point() else pos.to(torch.get_default_dtype())
+            return self._curve(p.clamp(0.0, 1.0), torch)
+        if isinstance(pos, numbers.Real):
+            # math on floats: ParamScheduler calls this once per batch per param group
+            return float(self._point(min(max(float(pos), 0.0), 1.0)))
+        return self._curve(np.clip(np.asarray(pos, dtype=np.float64), 0.0, 1.0), np)
+
+    def _point(self, p: float) -> float:
+        raise NotImplementedError
+
+    def _curve(self, p: Any, xp: Any) -> Any:
+        raise NotImplementedError
+
+
+class _Shape(Annealer):
+    # A curve from start to end. Subclasses give `_raw`; the endpoints are returned
+    # exactly and the value is clamped between them, so rounding never overshoots `end`
+    # or breaks monotonicity next to it.
+    kind = ""
+
+    def __init__(self, start: float, end: float) -> None:
+        self.start, self.end = start, end
+        self._low, self._high = min(start, end), max(start, end)
+
+    def _raw(self, p: Any, xp: Any) -> Any:
+        raise NotImplementedError
+
+    def _point(self, p: float) -> float:
+        if p >= 1.0:
+            return self.end
+        if p <= 0.0:
+            return self.start
+        return min(max(self._raw(p, math), self._low), self._high)
+
+    def _curve(self, p: Any, xp: Any) -> Any:
+        x = xp.clip(self._raw(p, xp), self._low, self._high)
+        return xp.where(p >= 1.0, self.end, xp.where(p <= 0.0, self.start, x))
+
+    def __repr__(self) -> str:
+        return f"sched_{self.kind}({self.start!r}, {self.end!r})"
+
+
+class _Lin(_Shape):
+    kind = "lin"
+
+    def _raw(self, p: Any, xp: Any) -> Any:
+        return self.start + (self.end - self.start) * p
+
+
+class _Cos(_Shape):
+    kind = "cos"
+
+    def _raw(self, p: Any, xp: Any) -> Any:
+        return self.start + (self.end - self.start) * (1 - xp.cos(math.pi * p)) / 2
+
+
+class _Exp(_Shape):
+    kind = "exp"
+
+    def _raw(self, p: Any, xp: Any) -> Any:
+        return self.start * (self.end / self.start) ** p
+
+
+class _Poly(_Shape):
+    kind = "poly"
+
+    def __init__(self, start: float, end: float, power: float) -> None:
+        super().__init__(start, end)
+        self.power = power
+
+    def _raw(self, p: Any, xp: Any) -> Any:
+        return self.start + (self.end - self.start) * p**self.power
+
+    def __repr__(self) -> str:
+        return f"sched_poly({self.start!r}, {self.end!r}, {self.power!r})"
+
+
+class _No(Annealer):
+    def __init__(self, start: float) -> None:
+        self.start = start
+
+    def _point(self, p: float) -> float:
+        return self.start
+
+    def _curve(self, p: Any, xp: Any) -> Any:
+        return xp.full_like(p, self.start)
+
+    def __repr__(self) -> str:
+        return f"sched_no({self.start!r})"
+
+
+def sched_lin(start: float, end: float) -> Annealer:
+    """Return a straight line from `start` at pos 0 to `end` at pos 1."""
+    return _Lin(_number("sched_lin", "start", start), _number("sched_lin", "end", end))
+
+
+def sched_cos(start: float, end: float) -> Annealer:
+    """Return a half cosine from `start` at pos 0 to `end` at pos 1 (flat at both ends)."""
+    return _Cos(_number("sched_cos", "start", start), _number("sched_cos", "end", end))
+
+
+def sched_exp(start: float, end: float) -> Annealer:
+    """Return a geometric curve from `start` to `end`: `start * (end / start) ** pos`.
+
+    Raises `ValueError` unless both are > 0.
+    """
+    start, end = _number("sched_exp", "start", start), _number("sched_exp", "end", end)
+    if not (start > 0 and end > 0):
+        raise ValueError(
+            f"sched_exp: start and end must be > 0 for a geometric curve, got start={start!r}, end={end!r}; "
+            "start from a small positive value such as 1e-8, or use sched_lin or sched_cos to reach 0."
+        )
+    return _Exp(start, end)
+
+
+def sched_no(start: float, end: float | None = None) -> Annealer:
+    """Return the constant `start`; `end` is accepted, like the other annealers', and ignored."""
+    return _No(_number("sched_no", "start", start))
+
+
+def sched_poly(start: float, end: float, power: float) -> Annealer:
+    """Return `start + (end - start) * pos ** power`: slow then fast for power > 1, the reverse below 1.
+
+    Raises `ValueError` unless `power` > 0.
+    """
+    start, end = _number("sched_poly", "start", start), _number("sched_poly", "end", end)
+    power = _number("sched_poly", "power", power)
+    if not power > 0:
+        raise ValueError(f"sched_poly: power must be > 0, got {power!r}; for a constant use sched_no.")
+    return _Poly(start, end, power)
+
+
+class _Combined(Annealer):
+    def __init__(self, pcts: list[float], scheds: list[AnnealFunc]) -> None:
+        self.pcts, self.scheds = pcts, scheds
+        bounds = [0.0, *np.cumsum(pcts)[:-1].tolist(), 1.0]  # the last is 1 exactly, whatever the float sum
+        self._spans = list(zip(bounds[:-1], bounds[1:]))
+        self._joins = bounds[1:-1]
+
+    def _point(self, p: float) -> float:
+        i = bisect.bisect_right(self._joins, p)
+        low, high = self._spans[i]
+        return self.scheds[i](min(max((p - low) / (high - low), 0.0), 1.0))
+
+    def _curve(self, p: Any, xp: Any) -> Any:
+        out = xp.zeros_like(p)
+        last = len(self._spans) - 1
+        for i, ((low, high), sched) in enumerate(zip(self._spans, self.scheds)):
+            mask = (p >= low) & (p < high) if i < last else (p >= low)
+            out[mask] = sched(xp.clip((p[mask] - low) / (high - low), 0.0, 1.0))
+        return out
+
+    def __repr__(self) -> str:
+        return f"combine_scheds({self.pcts!r}, {self.scheds!r})"
+
+
+def combine_scheds(pcts: Sequence[float], scheds: Sequence[AnnealFunc]) -> Annealer:
+    """Join `scheds` over consecutive fractions `pcts` of training.
+
+    Piece `i` runs over its own pos 0 -> 1 while the overall pos crosses
+    `pcts[i]`; at a join the next piece starts, and pos 1 gives the last
+    piece's value at 1. `pcts` must be positive and sum to 1 within 1e-6.
+    For array or tensor positions every piece must accept them too (annealers do).
+    """
+    if isinstance(pcts, (str, bytes)) or not isinstance(pcts, Sequence) or not isinstance(scheds, Sequence):
+        raise TypeError(
+            f"combine_scheds takes two lists, pcts and scheds, got {type(pcts).__name__} and {type(scheds).__name__}; "
+            "e.g. combine_scheds([0.3, 0.7], [sched_cos(0.1, 1.0), sched_cos(1.0, 0.0)])."
+        )
+    pcts = [_number("combine_scheds", "each of pcts", p) for p in pcts]
+    if not pcts or len(pcts) != len(scheds):
+        raise ValueError(
+            f"combine_scheds: pcts and scheds must be non-empty and of the same length, got {len(pcts)} pcts and "
+            f"{len(scheds)} scheds; give one fraction of training per schedule."
+        )
+    if any(p <= 0 for p in pcts):
+        raise ValueError(f"combine_scheds: every pct must be > 0, got {pcts}; drop the schedules with no share.")
+    total = math.fsum(pcts)
+    if abs(total - 1) > 1e-6:
+        raise ValueError(
+            f"combine_scheds: pcts must sum to 1, got {total:.6g} from {pcts}; "
+            f"{'add' if total < 1 else 'remove'} {abs(1 - total):.6g} {'to' if total < 1 else 'from'} one phase."
+        )
+    for sched in scheds:
+        if not callable(sched):
+            raise TypeError(f"combine_scheds: each schedule must be a function of pos, e.g. sched_lin(0, 1); got {sched!r}.")
+    return _Combined([float(p) for p in pcts], list(scheds))
+
+
+def one_cycle_scheds(
+    lr_max: float | Sequence[float],
+    div: float = 25.0,
+    div_final: float = 1e5,
+    pct_start: float = 0.25,
+    moms: Sequence[float] | None = (0.95, 0.85, 0.95),
+    wd: float | None = None,
+) -> dict[str, AnnealFunc | list[AnnealFunc]]:
+    """Return the one-cycle schedules for `ParamScheduler`, as `learn.fit_one_cycle` uses them.
+
+    `lr`: a half cosine from `lr_max / div` to `lr_max` over the first
+    `pct_start` of training, then one down to `lr_max / div_final` (one schedule
+    per param group when `lr_max` is a list). `mom`: from `moms[0]` to
+    `moms[1]` and back to `moms[2]` over the same phases; `moms=None` leaves
+    momentum alone. `wd`, if given, holds `weight_decay` at that value.
+    """
+    where = "fit_one_cycle"
+    lr_maxes = list(lr_max) if isinstance(lr_max, Sequence) else [lr_max]
+    if not lr_maxes:
+        raise ValueError(f"{where}: lr_max is an empty list; give one lr per param group, or one number for all.")
+    for lr in lr_maxes:
+        if not _number(where, "lr_max", lr) > 0:
+            raise ValueError(f"{where}: lr_max must be > 0, got {lr_max!r}; learn.lr_find() suggests one.")
+    for name, value in (("div", div), ("div_final", div_final)):
+        if not _number(where, name, value) > 0:
+            raise ValueError(f"{where}: {name} must be > 0 (the lr is divided by it), got {value!r}.")
+    if not 0 < _number(where, "pct_start", pct_start) < 1:
+        raise ValueError(
+            f"{where}: pct_start is the fraction of training spent warming up and must be strictly between "
+            f"0 and 1, got {pct_start!r}; the usual value is 0.25."
+        )
+    phases = [pct_start, 1 - pct_start]
+    lrs: list[AnnealFunc] = [
+        combine_scheds(phases, [sched_cos(lr / div, lr), sched_cos(lr, lr / div_final)]) for lr in lr_maxes
+    ]
+    scheds: dict[str, AnnealFunc | list[AnnealFunc]] = {"lr": lrs if isinstance(lr_max, Sequence) else lrs[0]}
+    if moms is not None:
+        if isinstance(moms, (str, bytes)) or not isinstance(moms, Sequence) or len(moms) != 3:
+            raise ValueError(
+                f"{where}: moms must be three momentums (start, at the lr peak, end) or None, got {moms!r}; "
+                "the usual values are (0.95, 0.85, 0.95)."
+            )
+        start, low, end = (_number(where, "each of moms", m) for m in moms)
+        scheds["mom"] = combine_scheds(phases, [sched_cos(start, low), sched_cos(low, end)])
+    if wd is not None:
+        if not _number(where, "wd", wd) >= 0:
+            raise ValueError(f"{where}: wd (weight decay) must be >= 0, got {wd!r}.")
+        scheds["weight_decay"] = sched_no(wd)
+    return scheds
+
+
+class ParamScheduler(Callback):
+    """Set hyper-parameters from annealing functions of `pct_train`, at every training batch.
+
+    Events: before_fit, before_batch. Reads: opt, training, pct_train.
+    Writes on the learner: the scheduled hyper-parameters of `learn.opt.param_groups`,
+    at every training `before_batch` (nothing during validation).
+    Publishes: `scheds` (name -> the function, or list of functions, as given).
+    order = -50: after TrainEval (-100) has set this batch's `pct_train`, and before
+    callbacks at the default order, so they see this batch's values.
+
+    `scheds` maps a hyper-parameter name to a function of pos in [0, 1] (an
+    annealer such as `sched_cos(1e-3, 1e-1)`, or any function), or to a list of
+    them, one per param group. `"mom"` is `momentum` for SGD- and RMSprop-like
+    optimizers and `betas[0]` for Adam-like ones; any other name must be a
+    numeric key of every param group (`lr`, `weight_decay`, ...). The names and
+    group counts are checked against the optimizer at `before_fit`. `Recorder`
+    reads the param groups after this sets them, so `learn.recorder.hps[name]`
+    holds the values set for every batch and `plot_sched()` draws them.
+    """
+
+    order = -50
+
+    def __init__(self, scheds: Mapping[str, AnnealFunc | Sequence[AnnealFunc]]) -> None:
+        if not isinstance(scheds, Mapping) or not scheds:
+            raise TypeError(
+                f"ParamScheduler takes a dict of hyper-parameter name -> schedule, got {scheds!r}; "
+                "e.g. ParamScheduler({'lr': sched_cos(1e-3, 1e-1)})."
+            )
+        for name, funcs in scheds.items():
+            if not isinstance(name, str):
+                raise TypeError(f"ParamScheduler: names must be strings such as 'lr' or 'mom', got {name!r}.")
+            many = isinstance(funcs, Sequence) and not isinstance(funcs, str)
+            for func in funcs if many else [funcs]:  # type: ignore[union-attr]  # a list of functions when many
+                _check_sched(name, func)
+            if many and not funcs:
+                raise ValueError(f"ParamScheduler: the list of schedules for {name!r} is empty; give one per param group.")
+        self.scheds = dict(scheds)
+        self._plan: list[tuple[int, str, AnnealFunc]] = []
+
+    def before_fit(self) -> None:
+        groups = self.opt.param_groups
+        self._plan = []
+        for name, funcs in self.scheds.items():
+            for g, group in enumerate(groups):
+                if name not in (n for n, _, _ in hyper_keys(group)):
+                    names = ", ".join(repr(n) for n, _, _ in hyper_keys(group))
+                    raise ValueError(
+                        f"ParamScheduler: {name!r} is not a hyper-parameter of param group {g} of "
+                        f"{type(self.opt).__name__}; the names you can schedule are {names} "
+                        "('mom' is momentum, or betas[0] for Adam-like optimizers)."
+                    )
+            if isinstance(funcs, Sequence):
+                if len(funcs) != len(groups):
+                    raise ValueError(
+                        f"ParamScheduler: {name!r} has {len(funcs)} schedules but the optimizer has {len(groups)} "
+                        "param groups; give one schedule per group, or a single function for all of them."
+                    )
+                self._plan += [(g, name, func) for g, func in enumerate(funcs)]
+            else:
+                self._plan += [(g, name, funcs) for g in range(len(groups))]
+
+    def before_batch(self) -> None:
+        learn = self.learn  # direct reads: this runs on every batch
+        if learn.training:
+            groups, pos = learn.opt.param_groups, learn.pct_train
+            for g, name, func in self._plan:
+                set_hyper(groups[g], name, float(func(pos)))
+
+    def __repr__(self) -> str:
+        return f"ParamScheduler({self.scheds!r})"
+
+
+def _check_sched(name: str, func: Any) -> None:
+    if not callable(func):
+        raise TypeError(
+            f"ParamScheduler: the schedule for {name!r} must be a function of pos in [0, 1], got {func!r}; "
+            "e.g. sched_cos(1e-3, 1e-1)."
+        )
+    try:
+        float(func(0.0))
+    except (TypeError, ValueError) as err:
+        raise TypeError(
+            f"ParamScheduler: the schedule for {name!r} must return a number for pos=0.0, but {func!r} failed: {err}"
+        ) from err
+
+
+TorchSched = LRScheduler | ReduceLROnPlateau
+
+
+class TorchScheduler(Callback):
+    """Let a `torch.optim.lr_scheduler` scheduler drive the learning rate.
+
+    Events: before_fit, after_cancel_step, after_step, after_epoch.
+    Reads: opt, and for `ReduceLROnPlateau` the monitored figure in
+    `learn.avg_stats.history`. Writes on the learner: the param groups' `lr`,
+    through the scheduler. Publishes: `scheduler` (the torch scheduler in use).
+    order = 10: its `after_epoch` runs after AvgStats (-20) has written the epoch's row.
+
+    `scheduler` is a function `opt -> scheduler`, called at every `before_fit`
+    with `learn.opt` (so it works before the optimizer exists, and each fit
+    starts a fresh schedule), or a scheduler already built on `learn.opt`.
+    `every="batch"` steps it after each training batch whose optimizer step ran
+    (a step cancelled by gradient accumulation does not count); `every="epoch"`
+    steps it at the end of each epoch. `ReduceLROnPlateau` is stepped per
+    epoch with the figure `monitor` of the epoch (a column of
+    `learn.avg_stats.history`, e.g. "valid_loss"). The scheduler's state is
+    saved in checkpoints, so a resumed fit continues it.
+    """
+
+    order = 10
+
+    def __init__(
+        self,
+        scheduler: TorchSched | Callable[[torch.optim.Optimizer], TorchSched],
+        every: str = "batch",
+        monitor: str = "valid_loss",
+    ) -> None:
+        if not isinstance(scheduler, (LRScheduler, ReduceLROnPlateau)) and not callable(scheduler):
+            raise TypeError(
+                f"TorchScheduler takes a torch.optim.lr_scheduler scheduler or a function opt -> scheduler, "
+                f"got {scheduler!r}; e.g. TorchScheduler(lambda opt: StepLR(opt, step_size=10), every='epoch')."
+            )
+        if every not in ("batch", "epoch"):
+            raise ValueError(f"TorchScheduler: every must be 'batch' or 'epoch', got {every!r}.")
+        self.every, self.monitor = every, Monitor(monitor)
+        built = isinstance(scheduler, (LRScheduler, ReduceLROnPlateau))
+        self._make: Callable[[torch.optim.Optimizer], TorchSched] | None = None if built else scheduler  # type: ignore[assignment]
+        self.scheduler: TorchSched | None = scheduler if built else None  # type: ignore[assignment]  # built
+        if self.scheduler is not None:
+            self._check(self.scheduler)
+        self._step_ran = True
+
+    def _check(self, scheduler: Any) -> None:
+        if not isinstance(scheduler, (LRScheduler, ReduceLROnPlateau)):
+            raise TypeError(
+                f"TorchScheduler: the function returned {scheduler!r}, not a torch.optim.lr_scheduler scheduler."
+            )
+        if isinstance(scheduler, ReduceLROnPlateau) and self.every != "epoch":
+            raise ValueError(
+                "TorchScheduler: ReduceLROnPlateau steps on an epoch's figure; pass every='epoch' "
+                f"(and monitor=, now {self.monitor.name!r})."
+            )
+
+    def before_fit(self) -> None:
+        if self._make is not None:
+            self.scheduler = self._make(self.opt)
+            self._check(self.scheduler)
+        elif self.scheduler is not None and self.scheduler.optimizer is not self.opt:
+            raise ValueError(
+                "TorchScheduler: the scheduler was built on another optimizer than learn.opt (the learner makes "
+                "its own at the first fit); pass a function instead, e.g. TorchScheduler(lambda opt: StepLR(opt, 10))."
+            )
+
+    def after_cancel_step(self) -> None:
+        self._step_ran = False
+
+    def after_step(self) -> None:
+        if self.every == "batch" and self._step_ran:
+            scheduler: Any = self.scheduler  # made at before_fit; never ReduceLROnPlateau here
+            scheduler.step()
+        self._step_ran = True
+
+    def after_epoch(self) -> None:
+        if self.every != "epoch":
+            return
+        scheduler: Any = self.scheduler
+        if isinstance(scheduler, ReduceLROnPlateau):
+            scheduler.step(self.monitor.read(self.learn))
+        else:
+            scheduler.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return the torch scheduler's state, for checkpoints."""
+        return {"scheduler": self.scheduler.state_dict() if self.scheduler is not None else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned (into the scheduler made at `before_fit`)."""
+        if self.scheduler is not None and state["scheduler"] is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+
+
+# -- the learning-rate finder ----------------------------------------------------------------
+
+_SMOOTHING = 0.98  # weight of the past in the loss's moving average, as fastai's LR finder
+_DIVERGED = 4.0  # the sweep stops once the smoothed loss exceeds this many times its best
+
+_LOOP_STATE = ("n_epochs", "start_epoch", "epoch", "training", "dl", "iter", "n_iter", "train_iter",
+               "pct_train", "batch", "xb", "yb", "pred", "loss")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class LRFindResult:
+    """What `learn.lr_find()` returns: two suggested learning rates, the sweep, and its plot.
+
+    `lr_steep` is the lr where the smoothed loss falls fastest against log(lr)
+    (searched up to the lowest loss; the first lr if the loss never falls).
+    `lr_min` is the lr of the lowest smoothed loss divided by 10. `lrs` and
+    `losses` are the sweep: the lr of each batch and the smoothed loss there.
+    """
+
+    lr_min: float
+    lr_steep: float
+    lrs: list[float] = field(repr=False)
+    losses: list[float] = field(repr=False)
+
+    @classmethod
+    def from_sweep(cls, lrs: Sequence[float], losses: Sequence[float]) -> LRFindResult:
+        """Compute the suggestions for a sweep of `lrs` and their smoothed `losses`.
+
+        Raises `ValueError` if no loss is finite.
+        """
+        lr_arr, loss_arr = np.asarray(lrs, dtype=np.float64), np.asarray(losses, dtype=np.float64)
+        finite = np.isfinite(loss_arr)
+        if not finite.any():
+            raise ValueError(
+                f"lr_find: none of the {len(loss_arr)} recorded losses is finite, so there is nothing to suggest; "
+                "check the model and data with a plain fit, or lower start_lr."
+            )
+        lr_arr, loss_arr = lr_arr[finite], loss_arr[finite]
+        lowest = int(np.argmin(loss_arr))
+        steep = lowest
+        if lowest > 0:
+            slopes = np.gradient(loss_arr[: lowest + 1], np.log(lr_arr[: lowest + 1]))
+            steep = int(np.argmin(slopes))
+        return cls(float(lr_arr[lowest] / 10), float(lr_arr[steep]), list(map(float, lrs)), list(map(float, losses)))
+
+    def plot(self, path: str | Path | None = None) -> Figure:
+        """Plot the smoothed loss against the lr on a log axis, both suggestions marked; return the figure.
+
+        `path` also saves the figure (PNG by its suffix); under distributed
+        training only rank 0 writes.
+        """
+        lrs, losses = np.asarray(self.lrs), np.asarray(self.losses)
+        fig = Figure(figsize=(6, 4), layout="tight")
+        ax = fig.add_subplot()
+        ax.plot(lrs, losses)
+        ax.set_xscale("log")
+        finite = np.isfinite(losses)
+        log_lrs, good = np.log(lrs[finite]), losses[finite]
+        for lr, marker, label in ((self.lr_steep, "o", "steepest"), (self.lr_min, "v", "minimum / 10")):
+            ax.plot([lr], [np.interp(np.log(lr), log_lrs, good)], marker, label=f"{label}: {lr:.2e}")
+        # keep a diverging tail from flattening the interesting part of the curve
+        lowest = int(np.argmin(good))
+        top = good[: lowest + 1].max()
+        if good.max() > top > good[lowest]:
+            ax.set_ylim(good[lowest] - 0.1 * (top - good[lowest]), top + 0.2 * (top - good[lowest]))
+        ax.set_xlabel("learning rate (log scale)")
+        ax.set_ylabel("smoothed loss")
+        ax.legend()
+        if path is not None and is_main_process():
+            fig.savefig(path)
+        return fig
+
+
+class LRFinder(Callback):
+    """Raise the lr exponentially over training batches and record the smoothed loss.
+
+    Events: before_fit, before_batch, after_loss, before_validate, after_fit.
+    Reads: model, opt, training, loss.
+    Writes on the learner: the `lr` of every param group, at each training batch;
+    at `after_fit`, the model's parameters, buffers, gradients and train/eval modes
+    and the optimizer's state, put back bitwise as they were at `before_fit`.
+    Raises `CancelValidate` (validation is skipped) and `CancelFit` (after `num_it`
+    batches, or once the loss diverges).
+    Publishes: `lrs` and `losses` (the lr and the smoothed loss of each batch), and
+    `result` (an `LRFindResult` with the suggestions).
+    order = 100: after every other callback, so its lr wins over schedulers at
+    `before_batch` and its restore at `after_fit` comes last (after, e.g., a
+    `SaveModel(restore_best=True)` has loaded weights).
+
+    Batch `i` of `num_it` trains at `start_lr * (end_lr / start_lr) ** (i / (num_it - 1))`,
+    so the last one is at `end_lr`. The loss is read on the host once per batch
+    (the stop decision needs it) and smoothed by an exponential moving average.
+    With `stop_div`, the sweep stops once the smoothed loss is not finite or
+    exceeds 4 times its lowest value. `learn.lr_find()` runs it for enough epochs
+    and also puts back the rest of the learner (see `preserve_state`).
+    """
+
+    order = 100
+
+    def __init__(self, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100, stop_div: bool = True) -> None:
+        start_lr, end_lr = _number("LRFinder", "start_lr", start_lr), _number("LRFinder", "end_lr", end_lr)
+        if not 0 < start_lr < end_lr:
+            raise ValueError(
+                f"LRFinder: need 0 < start_lr < end_lr, got start_lr={start_lr!r}, end_lr={end_lr!r}; "
+                "the defaults 1e-7 and 10 suit most models."
+            )
+        if isinstance(num_it, bool) or not isinstance(num_it, int) or num_it < 2:
+            raise ValueError(f"LRFinder: num_it is the number of batches to sweep and must be an int >= 2, got {num_it!r}.")
+        self.start_lr, self.end_lr, self.num_it, self.stop_div = start_lr, end_lr, num_it, bool(stop_div)
+        self._sched = sched_exp(start_lr, end_lr)
+        self.lrs: list[float] = []
+        self.losses: list[float] = []
+        self._saved: dict[str, Any] | None = None
+
+    def epochs_for(self, dl: Any) -> int:
+        """Return how many epochs of loader `dl` cover `num_it` batches (`num_it` if it has no length)."""
+        n_batches = len(dl) if hasattr(dl, "__len__") else 0
+        return -(-self.num_it // n_batches) if n_batches else self.num_it
+
+    def before_fit(self) -> None:
+        self.lrs, self.losses = [], []
+        self._average, self._best = 0.0, math.inf
+        model = self.model
+        tensors = [*model.parameters(), *model.buffers()]
+        self._saved = {
+            "tensors": [(t, t.detach().clone()) for t in tensors],
+            "grads": [(p, None if p.grad is None else p.grad.detach().clone()) for p in model.parameters()],
+            "modes": [(m, m.training) for m in model.modules()],
+            "opt": copy.deepcopy(self.opt.state_dict()),  # state_dict() shares the live buffers: copy them
+        }
+
+    def before_batch(self) -> None:
+        if self.training:
+            lr = self._sched(len(self.lrs) / (self.num_it - 1))
+            for group in self.opt.param_groups:
+                group["lr"] = lr
+
+    def after_loss(self) -> None:
+        if not self.training:
+            return
+        self.lrs.append(self.opt.param_groups[0]["lr"])
+        loss = float(self.loss.detach())
+        self._average = _SMOOTHING * self._average + (1 - _SMOOTHING) * loss
+        smoothed = self._average / (1 - _SMOOTHING ** len(self.lrs))  # debiased, as in Adam
+        self.losses.append(smoothed)
+        if math.isfinite(smoothed):
+            self._best = min(self._best, smoothed)
+        if self.stop_div and (not math.isfinite(smoothed) or smoothed > _DIVERGED * self._best):
+            raise CancelFit
+        if len(self.lrs) >= self.num_it:
+            raise CancelFit  # the last loss is recorded; its step would be undone anyway
+
+    def before_validate(self) -> None:
+        raise CancelValidate
+
+    def after_fit(self) -> None:
+        saved, self._saved = self._saved, None
+        if saved is None:  # the fit failed before our before_fit
+            return
+        with torch.no_grad():
+            for tensor, value in saved["tensors"]:
+                tensor.copy_(value)
+        for param, grad in saved["grads"]:
+            param.grad = grad
+        for module, mode in saved["modes"]:
+            module.training = mode
+        self.opt.load_state_dict(saved["opt"])
+
+    @property
+    def result(self) -> LRFindResult:
+        """The suggestions and the sweep, as an `LRFindResult`."""
+        return LRFindResult.from_sweep(self.lrs, self.losses)
+
+
+@contextlib.contextmanager
+def preserve_state(learn: Learner) -> Iterator[Learner]:
+    """Put back, when the block ends, what a fit changes besides the weights and the optimizer's state.
+
+    That is the loop's counters (`n_epochs`, `epoch`, `train_iter`, `pct_train`,
+    `batch`, `loss`, ...), the state of every callback that has a `state_dict()`
+    (`Recorder`'s record, `AvgStats`' history, `EarlyStopping`'s counters), the
+    RNG states the data and model draw from, and `learn.opt` itself if it did not
+    exist yet. `learn.lr_find` runs its sweep inside this block; `LRFinder` puts
+    back the weights and the optimizer's state.
+    """
+    loop = {name: getattr(learn, name) for name in _LOOP_STATE}
+    opt = learn.opt
+    states = [(cb, copy.deepcopy(cb.state_dict())) for cb in learn.cbs if callable(getattr(cb, "state_dict", None))]
+    rng = rng_state(learn)
+    try:
+        yield learn
+    finally:
+        for name, value in loop.items():
+            setattr(learn, name, value)
+        if opt is None:
+            learn.opt = None  # type: ignore[assignment]  # the next fit makes a fresh one, as it would have
+        for cb, state in states:
+            cb.load_state_dict(state)
+        set_rng_state(learn, rng)
