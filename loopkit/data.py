@@ -57,7 +57,7 @@ def digits(valid_pct: float = 0.2, seed: int = 0, normalize: bool = True) -> Ima
     scikit-learn is imported on the first call; without it this raises `ImportError`.
     """
     if not 0 < valid_pct < 1:
-        raise ValueError(f"digits: valid_pct is the fraction of images to validate on, in (0, 1); got {valid_pct!r}.")
+        raise ValueError(f"digits: valid_pct, the fraction to validate on, must be in (0, 1), e.g. 0.2; got {valid_pct!r}.")
     try:
         from sklearn.datasets import load_digits
     except ImportError as err:
@@ -73,7 +73,10 @@ def digits(valid_pct: float = 0.2, seed: int = 0, normalize: bool = True) -> Ima
     return _image_data((x[train], y[train]), (x[valid], y[valid]), [str(i) for i in range(10)], normalize)
 
 
-_IDX_NAMES = [("train-images-idx3-ubyte", "train-labels-idx1-ubyte"), ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")]
+_IDX_NAMES = [
+    ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),  # the train split
+    ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),  # MNIST's test set, our valid split
+]
 
 
 def mnist_idx(path: str | Path, normalize: bool = True) -> ImageData:
@@ -85,7 +88,7 @@ def mnist_idx(path: str | Path, normalize: bool = True) -> ImageData:
     `FileNotFoundError` for a missing folder or file, and `ValueError` for a wrong magic
     number, a truncated or damaged file, or image and label counts that differ.
     """
-    folder = _folder(path, "mnist_idx", "the folder holding train-images-idx3-ubyte(.gz) and the other three MNIST files")
+    folder = _folder(path, "mnist_idx", "the folder holding train-images-idx3-ubyte(.gz) and the other 3 MNIST files")
     splits = []
     for images_name, labels_name in _IDX_NAMES:
         images_file, labels_file = _find_idx(folder, images_name), _find_idx(folder, labels_name)
@@ -154,8 +157,9 @@ def image_folder(path: str | Path, normalize: bool = True) -> ImageData:
     """
     from PIL import Image, UnidentifiedImageError
 
-    folder = _folder(path, "image_folder", "a folder with train/ and valid/ inside, one sub-folder of PNG images per class")
-    class_dirs = sorted(d.name for d in _folder(folder / "train", "image_folder", "train/<class>/*.png").iterdir() if d.is_dir())
+    folder = _folder(path, "image_folder", "a folder holding train/ and valid/, each with a sub-folder of PNGs per class")
+    train_dir = _folder(folder / "train", "image_folder", "train/<class>/*.png")
+    class_dirs = sorted(d.name for d in train_dir.iterdir() if d.is_dir())
     classes = sorted(class_dirs, key=int) if all(c.isdigit() for c in class_dirs) else class_dirs
     first: tuple[Path, tuple[int, int]] | None = None
     splits = []
@@ -183,7 +187,8 @@ def image_folder(path: str | Path, normalize: bool = True) -> ImageData:
                         f"{str(file)!r} is {image.width}x{image.height} pixels but {str(first[0])!r} is "
                         f"{first[1][0]}x{first[1][1]}; all images must have one size, so resize them first."
                     )
-                xs.append(torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).reshape(image.height, image.width))
+                pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
+                xs.append(pixels.reshape(image.height, image.width))
                 ys.append(classes.index(class_dir.name))
         if not xs:
             raise ValueError(f"{str(split_dir)!r} holds no class folders; put the images in {split}/<class>/*.png.")
@@ -225,7 +230,9 @@ class DataLoaders:
         pin = torch.cuda.is_available() if pin_memory is None else pin_memory
         generator = torch.Generator().manual_seed(seed)
         train = DataLoader(train_ds, batch_size=bs, shuffle=True, generator=generator, pin_memory=pin, **kwargs)
-        valid = None if valid_ds is None else DataLoader(valid_ds, batch_size=valid_bs or 2 * bs, pin_memory=pin, **kwargs)
+        valid = None
+        if valid_ds is not None:
+            valid = DataLoader(valid_ds, batch_size=valid_bs or 2 * bs, pin_memory=pin, **kwargs)
         return cls(train, valid)
 
     @classmethod
@@ -241,7 +248,7 @@ class DataLoaders:
             if tensors is not None and len({len(t) for t in tensors}) != 1:
                 raise ValueError(
                     f"DataLoaders.from_tensors: the {name} tensors must have one length (one row per sample), "
-                    f"got lengths {[len(t) for t in tensors]}."
+                    f"got lengths {[len(t) for t in tensors]}; pass inputs and targets of the same samples."
                 )
             datasets.append(None if tensors is None else TensorDataset(*tensors))
         return cls.from_datasets(datasets[0], datasets[1], **kwargs)  # type: ignore[arg-type]  # train is never None

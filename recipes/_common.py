@@ -73,8 +73,9 @@ def report(final: dict[str, float], out: Path, files: Sequence[str]) -> dict[str
 def save_outputs(learn: Learner, out: Path, sched: bool = False, also: Sequence[str] = ()) -> dict[str, float]:
     """Write metrics.csv, loss.png, sched.png (when `sched`) and model.pt into `out`, and report.
 
-    `also` names files the recipe wrote there itself, for the report. Returns the last epoch's figures (`train_loss`, `valid_loss`, `accuracy`). Under
-    distributed training every rank has the same figures, and only rank 0 writes.
+    `also` names files the recipe wrote there itself, for the report. Returns the last
+    epoch's figures (`train_loss`, `valid_loss`, `accuracy`). Under distributed
+    training every rank has the same figures, and only rank 0 writes.
     """
     history = learn.avg_stats.history
     final = {k: v for k, v in history[-1].items() if k != "epoch"}

@@ -87,7 +87,8 @@ def test_mnist_idx_reads_the_four_files_gzipped_or_not(tmp_path, gz, dotted):
 def test_mnist_idx_normalises_with_the_training_split_only(tmp_path):
     tensors = mnist_tensors()
     data = mnist_idx(write_mnist(tmp_path / "a", gz=False, tensors=tensors))
-    raw_train, raw_valid = tensors[IDX_NAMES[0]].unsqueeze(1).float() / 255, tensors[IDX_NAMES[2]].unsqueeze(1).float() / 255
+    raw_train = tensors[IDX_NAMES[0]].unsqueeze(1).float() / 255
+    raw_valid = tensors[IDX_NAMES[2]].unsqueeze(1).float() / 255
     assert torch.allclose(data.mean, raw_train.mean(0)) and torch.allclose(data.std, raw_train.std(0))
     assert torch.allclose(data.valid[0], (raw_valid - raw_train.mean(0)) / raw_train.std(0))
     # Other validation images change nothing on the training side.
@@ -141,7 +142,8 @@ def test_mnist_idx_wrong_magic_number(tmp_path):
     tensors = mnist_tensors()
     tensors[IDX_NAMES[0]], tensors[IDX_NAMES[1]] = tensors[IDX_NAMES[1]], tensors[IDX_NAMES[0]]  # images <-> labels
     folder = write_mnist(tmp_path, gz=False, tensors=tensors)
-    with pytest.raises(ValueError, match="train-images-idx3-ubyte' has magic number 0x00000801, .* images starts with 0x00000803"):
+    message = "train-images-idx3-ubyte' has magic number 0x00000801, .* images starts with 0x00000803"
+    with pytest.raises(ValueError, match=message):
         mnist_idx(folder)
 
 
@@ -252,7 +254,7 @@ def test_digits_without_scikit_learn_says_how_to_install_it(monkeypatch):
 
 
 def test_digits_rejects_a_bad_valid_pct():
-    with pytest.raises(ValueError, match="valid_pct .* got 1.5"):
+    with pytest.raises(ValueError, match=r"valid_pct, .* must be in \(0, 1\), e.g. 0.2; got 1.5"):
         digits(valid_pct=1.5)
 
 

@@ -57,7 +57,8 @@ def test_digits_trains_on_data_from_a_folder(tmp_path, layout):
         n_valid, n_pixels, n_classes = 5, 30, 2
     final = run_recipe("digits", ["--data", str(tmp_path / "data"), "--epochs", "2", "--out", str(tmp_path / "out")])
     assert read_metrics(tmp_path / "out")[-1]["accuracy"] == final["accuracy"]
-    assert final["accuracy"] * n_valid == pytest.approx(round(final["accuracy"] * n_valid))  # scored the folder's valid images
+    # Scored the folder's valid images: the accuracy is a count out of n_valid.
+    assert final["accuracy"] * n_valid == pytest.approx(round(final["accuracy"] * n_valid))
     weights = torch.load(tmp_path / "out" / "model.pt", weights_only=True)
     assert weights["1.weight"].shape == (100, n_pixels) and weights["3.weight"].shape == (n_classes, 100)
 
