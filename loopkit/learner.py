@@ -64,7 +64,6 @@ class Learner:
 
     # The contract's state (see docs/state.md); the loop writes these, callbacks read them.
     model: nn.Module
-    dls: Any
     train_dl: Iterable[Batch]
     valid_dl: Iterable[Batch] | None
     loss_func: Callable[..., torch.Tensor]
@@ -116,8 +115,7 @@ class Learner:
             if not callable(metric):
                 raise TypeError(f"each metric must be a function f(pred, *yb) -> tensor; got {metric!r}.")
         self.model, self.loss_func, self.opt_func, self.lr, self.n_inp = model, loss_func, opt_func, lr, n_inp
-        self.dls = dls
-        self.train_dl, self.valid_dl = self._split_dls(dls)
+        self.dls = dls  # also sets train_dl and valid_dl
         self.opt = None  # type: ignore[assignment]  # made at the start of the first fit
         self.__dict__.update(_STATE_DEFAULTS)
         self.cbs = []
@@ -142,6 +140,16 @@ class Learner:
                 stacklevel=2,
             )
         self.add_cbs(defaults + list(cbs or ()))
+
+    @property
+    def dls(self) -> Any:
+        """The loaders as given; assigning new ones also sets `train_dl` and `valid_dl`."""
+        return self._dls
+
+    @dls.setter
+    def dls(self, dls: Any) -> None:
+        self.train_dl, self.valid_dl = self._split_dls(dls)
+        self._dls = dls
 
     @staticmethod
     def _split_dls(dls: Any) -> tuple[Iterable[Batch], Iterable[Batch] | None]:
@@ -315,7 +323,7 @@ class Learner:
                         try:
                             self._fire("before_epoch")
                             for self.training, stage, cancel, self.dl in self._phases():
-                                self.n_iter = len(self.dl) if hasattr(self.dl, "__len__") else None  # type: ignore[arg-type]
+                                self.n_iter = _length(self.dl)
                                 try:
                                     self._fire("before_" + stage)
                                     for self.iter, self.batch in enumerate(self.dl):
@@ -464,6 +472,14 @@ def _flatten(items: Iterable[Any]) -> Iterator[Any]:
             yield from _flatten(item)
         elif item is not None:
             yield item
+
+
+def _length(dl: Any) -> int | None:
+    # A DataLoader over an IterableDataset has __len__ but raises TypeError from it.
+    try:
+        return len(dl)
+    except TypeError:
+        return None
 
 
 def _looks_like_batch(item: Any) -> bool:

@@ -314,3 +314,29 @@ def test_loader_without_length():
                     cbs=[type("Spy", (Callback,), {"before_batch": lambda s: n_iters.append((s.n_iter, s.pct_train))})()])  # fmt: skip
     learn.fit(2)
     assert n_iters == [(None, 0.0)] * 3 + [(None, 0.5)] * 3
+
+
+def test_assigning_dls_replaces_the_loaders():
+    learn = make_learner(n_train=3, n_valid=2)
+    x, y = make_data(8)
+    with pytest.raises(TypeError, match="dls must be a pair"):
+        learn.dls = batches_of(x, y, [4, 4])
+    learn.dls = (batches_of(x, y, [8]), None)
+    tracer = Tracer()
+    learn.fit(1, cbs=[tracer])
+    assert tracer.trace.count("before_batch") == 1 and "before_validate" not in tracer.trace
+
+
+def test_iterable_dataset_loader_has_no_length():
+    from torch.utils.data import DataLoader, IterableDataset
+
+    x, y = make_data(12)
+
+    class Stream(IterableDataset):
+        def __iter__(self):
+            return iter(zip(x, y))
+
+    n_iters = []
+    spy = type("Spy", (Callback,), {"before_batch": lambda s: n_iters.append(s.n_iter)})()
+    Learner(tiny_model(), (DataLoader(Stream(), batch_size=4), None), F.cross_entropy, default_cbs=False, cbs=[spy]).fit(1)
+    assert n_iters == [None, None, None]
