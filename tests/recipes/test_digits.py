@@ -110,7 +110,7 @@ def test_digits_under_torchrun_writes_its_outputs_once(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(ROOT / "recipes" / "digits.py"), "--epochs", "2", "--out", str(tmp_path)]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=150)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=150, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.count("final valid_loss") == 1  # rank 0 alone reports and writes
     assert [row["epoch"] for row in read_metrics(tmp_path)] == [0.0, 1.0]
