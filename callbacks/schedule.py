@@ -406,7 +406,8 @@ class TorchScheduler(Callback):
 
     `scheduler` is a function `opt -> scheduler`, called at every `before_fit`
     with `learn.opt` (so it works before the optimizer exists, and each fit
-    starts a fresh schedule), or a scheduler already built on `learn.opt`.
+    starts a fresh schedule from the current lr), or a scheduler already built
+    on `learn.opt`.
     `every="batch"` steps it after each training batch whose optimizer step ran
     (a step cancelled by gradient accumulation does not count); `every="epoch"`
     steps it at the end of each epoch. `ReduceLROnPlateau` is stepped per
@@ -451,6 +452,12 @@ class TorchScheduler(Callback):
 
     def before_fit(self) -> None:
         if self._make is not None:
+            for group in self.opt.param_groups:
+                # torch schedulers start from `initial_lr` when a group has one (a previous
+                # scheduler left it): reset it, so a fresh schedule starts from the current lr.
+                # Not popped: Recorder has already listed the group's keys at its before_fit.
+                if "initial_lr" in group:
+                    group["initial_lr"] = group["lr"]
             self.scheduler = self._make(self.opt)
             self._check(self.scheduler)
         elif self.scheduler is not None and self.scheduler.optimizer is not self.opt:
@@ -500,8 +507,9 @@ _LOOP_STATE = ("n_epochs", "start_epoch", "epoch", "training", "dl", "iter", "n_
 class LRFindResult:
     """What `learn.lr_find()` returns: two suggested learning rates, the sweep, and its plot.
 
-    `lr_steep` is the lr where the smoothed loss falls fastest against log(lr)
-    (searched up to the lowest loss; the first lr if the loss never falls).
+    `lr_steep` is the lr where the smoothed loss falls fastest against log(lr),
+    searched from a tenth of the way into the sweep (where the moving average is
+    still noisy) up to the lowest loss; the first lr if the loss never falls.
     `lr_min` is the lr of the lowest smoothed loss divided by 10. `lrs` and
     `losses` are the sweep: the lr of each batch and the smoothed loss there.
     """
@@ -526,10 +534,13 @@ class LRFindResult:
             )
         lr_arr, loss_arr = lr_arr[finite], loss_arr[finite]
         lowest = int(np.argmin(loss_arr))
-        steep = lowest
+        steep = 0
         if lowest > 0:
-            slopes = np.gradient(loss_arr[: lowest + 1], np.log(lr_arr[: lowest + 1]))
-            steep = int(np.argmin(slopes))
+            slopes = np.gradient(loss_arr, np.log(lr_arr))
+            # the moving average has seen only a few batches in the first tenth of the sweep,
+            # so batch-to-batch noise there can look steeper than the real descent
+            first = len(loss_arr) // 10 if len(loss_arr) // 10 < lowest else 0
+            steep = first + int(np.argmin(slopes[first : lowest + 1]))
         return cls(float(lr_arr[lowest] / 10), float(lr_arr[steep]), list(map(float, lrs)), list(map(float, losses)))
 
     def plot(self, path: str | Path | None = None) -> Figure:

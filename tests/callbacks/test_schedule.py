@@ -20,6 +20,7 @@ from loopkit.callbacks import (
     LRFindResult,
     ParamScheduler,
     Recorder,
+    SaveModel,
     TorchScheduler,
     combine_scheds,
     sched_cos,
@@ -428,6 +429,9 @@ def test_torch_scheduler_per_epoch_and_reduce_on_plateau():
     learn = make_learner(2, 1, cbs=[Recorder()])
     learn.fit(3, cbs=[TorchScheduler(lambda opt: torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.1), every="epoch")])
     assert learn.recorder.lrs == pytest.approx([0.01, 0.01, 1e-3, 1e-3, 1e-4, 1e-4], rel=1e-12)
+    halve = lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: 0.5**epoch)  # noqa: E731
+    learn.fit(2, lr=0.5, cbs=[TorchScheduler(halve, every="epoch")])
+    assert learn.recorder.lrs == [0.5, 0.5, 0.25, 0.25]  # a fresh schedule from the fit's lr, not the last one's
 
     learn = make_learner(2, 1, default_cbs=True)
     learn.progress_bar.enabled = False
@@ -442,6 +446,21 @@ def test_torch_scheduler_per_epoch_and_reduce_on_plateau():
         expected += [reference.optimizer.param_groups[0]["lr"]] * 2
         reference.step(row["train_loss"])
     assert learn.recorder.lrs == pytest.approx(expected) and len(set(expected)) > 1
+
+
+def test_torch_scheduler_state_is_checkpointed_so_a_resumed_fit_continues_it(tmp_path):
+    def make() -> Learner:
+        learn = make_learner(3, 1, default_cbs=True, opt_func=lambda p, lr: torch.optim.SGD(p, lr=lr, momentum=0.9))
+        learn.progress_bar.enabled = False
+        return learn
+
+    one_cycle_lr = lambda opt: torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.5, total_steps=9)  # noqa: E731
+    straight = make()
+    straight.fit(3, cbs=[TorchScheduler(one_cycle_lr), SaveModel("train_loss", every_epoch=True, path=tmp_path / "m.pt")])
+    resumed = make()
+    resumed.fit(3, cbs=[TorchScheduler(one_cycle_lr)], resume=tmp_path / "m_epoch0.pt")
+    assert resumed.recorder.lrs == straight.recorder.lrs and len(set(straight.recorder.lrs)) == 9
+    assert torch.equal(resumed.model.weight, straight.model.weight)
 
 
 def test_torch_scheduler_rejects_bad_arguments():
@@ -598,6 +617,10 @@ def test_suggestions_are_the_steepest_slope_and_the_minimum_over_10():
     result = LRFindResult.from_sweep(lrs, losses)
     assert result.lr_min == lrs[9] / 10
     assert result.lr_steep == lrs[5]  # the central difference is steepest where 1.8 -> 1.3 -> 1.0
+    # a noisy drop in the first tenth of the sweep is not taken for the descent
+    noisy = [3.0, 1.0, 2.9, 2.8, 2.7, 2.6, 2.3, 2.0, 1.9, 1.8, 1.7, 1.6, 1.5, 1.4, 1.3, 1.2, 1.1, 1.0, 0.9, 0.8, 2.0]
+    many = np.logspace(-6, 0, len(noisy)).tolist()
+    assert LRFindResult.from_sweep(many, noisy).lr_steep == many[6]
     rising = LRFindResult.from_sweep(lrs[:3], [1.0, 2.0, 3.0])
     assert rising.lr_steep == lrs[0] and rising.lr_min == lrs[0] / 10
     with pytest.raises(ValueError, match="none of the 2 recorded losses is finite"):
