@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from loopkit.recipes._common import accuracy, load_data, make_parser, save_outputs, seed_everything
 from torch import nn
 
 from loopkit import DataLoaders, Learner
+from loopkit.recipes._common import accuracy, load_data, make_parser, save_outputs, seed_everything
 
 EPOCHS, BS, LR = 10, 64, 0.1
 

@@ -17,14 +17,17 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from loopkit.recipes._common import load_data, make_parser, report, seed_everything, write_metrics
 from torch import nn
+
+from loopkit.recipes._common import load_data, make_parser, report, seed_everything, write_metrics
 
 EPOCHS, BS, LR = 1, 64, 0.0  # nothing is trained; kept for a uniform command line
 
 
 class MeanImages(nn.Module):
     """Score each class by minus the mean squared distance to its mean training image."""
+
+    means: torch.Tensor  # (n_classes, C, H, W), a buffer: saved in model.pt, never trained
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, n_classes: int) -> None:
         super().__init__()
@@ -40,8 +43,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     args = make_parser(__doc__, "pixel_similarity", EPOCHS, BS, LR).parse_args(argv)
     seed_everything(args.seed)
     data = load_data(args.data)
-    model = MeanImages(*data.train, n_classes=len(data.classes))
-    (x, y) = data.valid
+    model = MeanImages(data.train[0], data.train[1], len(data.classes))
+    x, y = data.valid
     with torch.no_grad():
         scores = torch.cat([model(xb) for xb in x.split(args.bs)])
     row = {"epoch": 0, "valid_loss": F.cross_entropy(scores, y).item(),
