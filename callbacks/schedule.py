@@ -361,7 +361,8 @@ class ParamScheduler(Callback):
                 if len(funcs) != len(groups):
                     raise ValueError(
                         f"ParamScheduler: {name!r} has {len(funcs)} schedules but the optimizer has {len(groups)} "
-                        "param groups; give one schedule per group, or a single function for all of them."
+                        f"param group{'s' if len(groups) != 1 else ''}; give one schedule per group, or a single "
+                        "function for all of them."
                     )
                 self._plan += [(g, name, func) for g, func in enumerate(funcs)]
             else:

@@ -376,7 +376,7 @@ def test_fit_one_cycle_makes_the_optimizer_sets_wd_and_adds_its_scheduler_for_on
         (dict(lr_max=0.1, div=0), "div must be > 0"),
         (dict(lr_max=0.1, moms=(0.9, 0.8)), "three momentums"),
         (dict(lr_max=0.1, wd=-1), "wd .* must be >= 0"),
-        (dict(lr_max=[0.1, 0.2, 0.3]), "'lr' has 3 schedules but the optimizer has 1 param groups"),
+        (dict(lr_max=[0.1, 0.2, 0.3]), "'lr' has 3 schedules but the optimizer has 1 param group;"),
     ],
 )
 def test_fit_one_cycle_rejects_bad_arguments(kwargs, match):
@@ -552,6 +552,20 @@ def test_lr_find_on_a_fresh_learner_leaves_no_optimizer():
     learn.lr_find(num_it=10)
     assert learn.opt is None
     assert all(torch.equal(v, learn.model.state_dict()[k]) for k, v in weights.items())
+
+
+class Boom(Exception):
+    """A bug in a callback, mid-sweep."""
+
+
+def test_lr_find_puts_everything_back_even_when_the_sweep_raises():
+    learn = bn_learner(lambda params, lr: torch.optim.SGD(params, lr=lr, momentum=0.9))
+    learn.fit(1)
+    before, epoch = snapshot(learn), learn.epoch
+    with pytest.raises(Boom):
+        learn.lr_find(num_it=30, cbs=[Tracer("after_batch", at=6, error=Boom)])
+    assert_bitwise_equal(before, snapshot(learn))
+    assert learn.epoch == epoch and not any(isinstance(cb, LRFinder) for cb in learn.cbs)
 
 
 def shuffled_learner() -> Learner:
