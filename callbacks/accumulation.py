@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from torch import distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from loopkit import Callback, CancelStep
 
@@ -18,16 +18,17 @@ class GradientAccumulation(Callback):
     Events: before_fit, before_train, before_batch, before_backward,
     after_cancel_backward, after_backward, before_step, after_cancel_step,
     after_step, after_train, after_epoch, after_fit.
-    Reads: training, iter, n_iter, dl, xb, yb, loss, opt.
+    Reads: training, iter, n_iter, dl, xb, yb, loss, opt, model, and
+    `learn.distributed.world_size` / `.global_sizes` when `Distributed` is present.
     Writes on the learner: `loss` (scaled by `n / n_samples` before backward, for
     a micro-batch of `n` samples), `dl` (training loaders without a length only:
-    wrapped to look one batch ahead).
+    wrapped to look one batch ahead); and, under DDP, the wrapped model's
+    `require_backward_grad_sync` flag.
     Publishes: `n_samples`; `will_step` (set at `before_batch` of every training
     batch: this micro-batch closes its window, so the optimizer steps after its
     backward); `n_window` (samples whose gradients the open window holds);
     `n_steps` (optimizer steps taken in this fit).
-    order = -60: after `Device` (-90); before `Distributed` (-30), which reads
-    `will_step` at `before_batch`; and in `before_step` before `MixedPrecision`
+    order = -60: after `Device` (-90); and in `before_step` before `MixedPrecision`
     (-25) unscales and `GradientClip` (-10) clips, so both act once per window, on
     the window's complete gradient.
 
@@ -51,9 +52,13 @@ class GradientAccumulation(Callback):
     gradients are dropped at `after_train` (or `after_epoch`, `after_fit`), so
     `.grad` is always `None` after a training phase.
 
-    Not supported yet under `Distributed` with more than one process (the window
-    is counted per process, and processes could disagree on it): `before_train`
-    raises `RuntimeError` there.
+    Under `Distributed` with more than one process, windows are counted in global
+    samples (`learn.distributed.global_sizes`, the same on every rank), so all ranks
+    close a window at the same micro-batch and the update equals one step on the
+    window's samples from every rank. On micro-batches that don't close their
+    window, DDP's gradient all-reduce is skipped (`require_backward_grad_sync`
+    is false from `before_batch`, DDP's `no_sync`); the closing micro-batch
+    all-reduces the whole window's gradients once.
     """
 
     order = -60
@@ -69,19 +74,16 @@ class GradientAccumulation(Callback):
         self.n_window = 0
         self.n_steps = 0
         self._lookahead: _Lookahead | None = None
+        self._distributed: Any = None
 
     def before_fit(self) -> None:
         self.will_step, self.n_window, self.n_steps = False, 0, 0
 
     def before_train(self) -> None:
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            raise RuntimeError(
-                "GradientAccumulation does not support distributed training yet: each process counts its own "
-                "samples, so processes could step at different micro-batches. Remove it, or raise the batch size "
-                "per process instead."
-            )
         self.will_step, self.n_window = False, 0
         learn = self.learn
+        distributed = getattr(learn, "distributed", None)
+        self._distributed = distributed if distributed is not None and distributed.world_size > 1 else None
         if learn.n_iter is None:  # no length: look one batch ahead to know which is the last
             self._lookahead = _Lookahead(learn.dl)  # type: ignore[arg-type]  # the loop iterates the phase's dl
             learn.dl = self._lookahead
@@ -92,7 +94,10 @@ class GradientAccumulation(Callback):
         learn = self.learn  # direct reads: this runs on every batch
         if not learn.training:
             return
-        self._n = batch_size(learn.yb if learn.yb else learn.xb)
+        if self._distributed is not None:
+            self._n = self._distributed.global_sizes[learn.iter]  # every rank counts the same window
+        else:
+            self._n = batch_size(learn.yb if learn.yb else learn.xb)
         self._n_backward = 0
         self._step_cancelled = False
         if self._lookahead is not None:
@@ -100,6 +105,9 @@ class GradientAccumulation(Callback):
         else:
             last = learn.iter == learn.n_iter - 1  # type: ignore[operator]  # n_iter is known here
         self.will_step = last or self.n_window + self._n >= self.n_samples
+        if isinstance(learn.model, DistributedDataParallel):
+            # DDP reads this in forward: all-reduce gradients only on the window's last micro-batch.
+            learn.model.require_backward_grad_sync = self.will_step
 
     def before_backward(self) -> None:
         # Per-sample sums (up to the constant n_samples) accumulate in .grad; before_step
@@ -143,6 +151,8 @@ class GradientAccumulation(Callback):
 
     def after_train(self) -> None:
         self._drop_open_window()
+        if isinstance(self.model, DistributedDataParallel):
+            self.model.require_backward_grad_sync = True
 
     def after_epoch(self) -> None:
         self._drop_open_window()

@@ -112,7 +112,9 @@ class Distributed(Callback):
     Writes on the learner: `model` (wrapped in DDP from before_fit to after_fit),
     `train_dl` and `valid_dl` (this rank's shards, for the fit only), `loss`
     (rescaled before backward when a global batch splits unevenly).
-    Publishes: `rank`, `world_size`, `device`, `created_group`.
+    Publishes: `rank`, `world_size`, `device`, `created_group`, and `global_sizes`
+    (set at `before_train`: the number of samples, over all ranks, in each global
+    training batch of the epoch — `GradientAccumulation` counts its windows in these).
     order = -30: after `Device` (-90) placed the model and before `AvgStats` (-20)
     all-reduces its sums at the end of a phase, so the stop agreement comes first.
 
@@ -139,8 +141,13 @@ class Distributed(Callback):
         self.find_unused_parameters = find_unused_parameters
         self.rank, self.world_size, self.device = 0, 1, torch.device("cpu")
         self.created_group = False
+        self.global_sizes: list[int] = []
         self._control: Any = None
         self._samplers: list[ShardBatchSampler] = []
+        self._loss_factor = 1.0
+        if torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
+            # Pick this process's GPU now, before Device (order -90) places the model on "cuda".
+            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
 
     @staticmethod
     def launched() -> bool:
@@ -190,15 +197,15 @@ class Distributed(Callback):
         for sampler in self._samplers:
             sampler.set_epoch(self.epoch)
 
+    def before_train(self) -> None:
+        self.global_sizes = [len(batch) for batch in self._samplers[0].global_batches()]
+
     def before_batch(self) -> None:
         learn = self.learn
         if learn.training:
-            n_global = len(self._global_batches[learn.iter]) if learn.iter < len(self._global_batches) else 0
+            n_global = self.global_sizes[learn.iter]
             n_local = batch_size(learn.yb if learn.yb else learn.xb)
-            self._loss_factor = self.world_size * n_local / n_global if n_global else 1.0
-
-    def before_train(self) -> None:
-        self._global_batches = self._samplers[0].global_batches()
+            self._loss_factor = self.world_size * n_local / n_global
 
     def before_backward(self) -> None:
         self._agree_or_stop()

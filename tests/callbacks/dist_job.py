@@ -21,7 +21,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from loopkit import Callback, CancelFit, Learner
 from loopkit.callbacks import CSVLogger, EarlyStopping, SaveModel
 
-SIZES = {"equiv": (48, 16), "stats": (37, 23), "merge": (33, 5), "io": (40, 12), "stop": (40, 12), "error": (40, 12)}
+SIZES = {"equiv": (48, 16), "stats": (37, 23), "merge": (33, 5), "io": (40, 12), "stop": (40, 12), "error": (40, 12),
+         "accum": (37, 12)}  # fmt: skip
 
 
 def data(mode: str) -> tuple[TensorDataset, TensorDataset]:
@@ -62,6 +63,24 @@ class RaiseOnRank(Callback):
             raise self.error("raised on purpose by RaiseOnRank")
 
 
+class CountAllReduces(Callback):
+    """Count DDP's gradient all-reduces with a communication hook (one bucket for these models)."""
+
+    order = -29  # right after Distributed (-30) wrapped the model
+
+    def __init__(self) -> None:
+        self.n_all_reduces = 0
+
+    def before_fit(self) -> None:
+        from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+        def hook(state, bucket):
+            self.n_all_reduces += 1
+            return default_hooks.allreduce_hook(None, bucket)
+
+        self.model.register_comm_hook(None, hook)
+
+
 def main(mode: str, out_dir: str) -> None:
     out = Path(out_dir)
     rank = int(os.environ["RANK"])
@@ -69,6 +88,13 @@ def main(mode: str, out_dir: str) -> None:
     if mode in ("equiv", "stats", "merge"):
         learn = build(mode, bs=4, distributed=True)
         learn.fit(2)
+    elif mode == "accum":
+        from loopkit.callbacks import GradientAccumulation
+
+        counter = CountAllReduces()
+        learn = build(mode, bs=4, distributed=True, cbs=[GradientAccumulation(20), counter])
+        learn.fit(2)
+        result.update(n_all_reduces=counter.n_all_reduces, n_steps=learn.gradient_accumulation.n_steps)
     elif mode == "io":
         cbs = [CSVLogger(out / "history.csv"), SaveModel(path=out / "ckpt.pt", every_epoch=True)]
         learn = build(mode, bs=4, distributed=True, cbs=cbs, shuffle=True)

@@ -78,6 +78,20 @@ def test_global_stats_equal_the_single_process_figures_on_odd_sizes(tmp_path, mo
     assert_same_params(rank0["params"], [p.detach() for p in single.model.parameters()])
 
 
+def test_accumulation_under_ddp_matches_one_process_and_syncs_once_per_window(tmp_path):
+    from loopkit.callbacks import GradientAccumulation
+
+    rank0, rank1 = launched("accum", tmp_path)
+    single = build("accum", bs=8, distributed=False, cbs=[GradientAccumulation(20)])
+    single.fit(2)
+    # global micro-batches of 8, 8, 8, 8, 5: windows [8, 8, 8] and [8, 5], so 2 steps an epoch
+    assert rank0["n_steps"] == single.gradient_accumulation.n_steps == 4
+    assert rank0["n_all_reduces"] == rank1["n_all_reduces"] == 4  # not 10: no all-reduce inside a window
+    assert_same_params(rank0["params"], [p.detach() for p in single.model.parameters()])
+    for got, want in zip(rank0["history"], single.avg_stats.history):
+        assert got == pytest.approx(want, rel=1e-9)
+
+
 def test_rank_zero_alone_writes_and_a_two_rank_resume_continues_exactly(tmp_path):
     straight = tmp_path / "straight"
     straight.mkdir()
