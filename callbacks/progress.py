@@ -23,8 +23,8 @@ def format_row(cells: list[str], widths: list[int]) -> str:
 class ProgressBar(Callback):
     """Show bars for epochs and batches with a live loss, and print one table row per epoch.
 
-    Events: before_fit, before_epoch, before_train, before_validate, after_batch,
-    after_train, after_validate, after_epoch, after_fit.
+    Events: before_fit, before_epoch, before_train, before_validate, after_loss,
+    after_batch, after_train, after_validate, after_epoch, after_fit.
     Reads: n_epochs, epoch, n_iter, iter, training, loss, and
     `learn.avg_stats.history` (the row it prints).
     Writes on the learner: nothing.
@@ -71,13 +71,17 @@ class ProgressBar(Callback):
     def before_validate(self) -> None:
         self._start_phase()
 
+    def after_loss(self) -> None:
+        # Read here, before callbacks rescale the loss for backward (accumulation, fp16 scaling).
+        if self._pbar is not None and self.learn.training:
+            now = time.perf_counter()
+            if now - self._last_shown >= self.refresh:
+                self._pbar.comment = f"loss {self.learn.loss.item():.4f}"
+                self._last_shown = now
+
     def after_batch(self) -> None:
         if self._pbar is not None:
-            now = time.perf_counter()
-            if self.training and self.loss is not None and now - self._last_shown >= self.refresh:
-                self._pbar.comment = f"loss {self.loss.item():.4f}"
-                self._last_shown = now
-            self._pbar.update(self.iter + 1)
+            self._pbar.update(self.learn.iter + 1)
 
     def _end_phase(self) -> None:
         if self._pbar is not None:

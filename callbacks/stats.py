@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -207,9 +207,10 @@ class AvgStats(Callback):
         self.history.append(row)
 
     def state_dict(self) -> dict[str, Any]:
-        """Return the history, for checkpoints (a resumed fit continues it)."""
-        return {"history": [dict(row) for row in self.history]}
+        """Return the history and the latest phases' figures, for checkpoints (a resumed fit continues them)."""
+        return {"history": [dict(row) for row in self.history], "train": asdict(self.train), "valid": asdict(self.valid)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what `state_dict` returned."""
         self.history = [dict(row) for row in state["history"]]
+        self.train, self.valid = PhaseStats(**state["train"]), PhaseStats(**state["valid"])

@@ -18,7 +18,7 @@ import numbers
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -35,6 +35,9 @@ from .events import (
     CancelTrain,
     CancelValidate,
 )
+
+if TYPE_CHECKING:
+    from loopkit.callbacks.schedule import LRFindResult
 
 Batch = tuple[Any, ...] | list[Any]
 OptFunc = Callable[..., torch.optim.Optimizer]
@@ -432,7 +435,7 @@ class Learner:
     def fit_one_cycle(self, n_epochs: int, lr_max: float | Sequence[float], div: float = 25.0,
                       div_final: float = 1e5, pct_start: float = 0.25,
                       moms: Sequence[float] | None = (0.95, 0.85, 0.95), wd: float | None = None,
-                      cbs: Iterable[Callback] | None = None) -> None:
+                      cbs: Iterable[Callback] | None = None, resume: str | Path | None = None) -> None:
         """Fit with the one-cycle policy: the lr warms up to `lr_max` and anneals down, momentum the other way.
 
         Over the first `pct_start` of training the lr follows a half cosine from
@@ -440,15 +443,17 @@ class Learner:
         momentum goes from `moms[0]` to `moms[1]` and back to `moms[2]` (`None`:
         left alone). `lr_max` may be a list, one per param group. `wd`, if given,
         sets `weight_decay` of every group. A `ParamScheduler` with these schedules
-        (`one_cycle_scheds`) is added for this fit only, with `cbs`.
+        (`one_cycle_scheds`) is added for this fit only, with `cbs`. `resume` is as
+        for `fit`: the schedules follow `pct_train`, so a resumed one-cycle fit with
+        the same arguments continues the curve exactly.
         """
         from loopkit.callbacks import ParamScheduler, one_cycle_scheds
 
         scheduler = ParamScheduler(one_cycle_scheds(lr_max, div, div_final, pct_start, moms, wd))
-        self.fit(n_epochs, cbs=[scheduler, *(cbs or ())])
+        self.fit(n_epochs, cbs=[scheduler, *(cbs or ())], resume=resume)
 
     def lr_find(self, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100, stop_div: bool = True,
-                cbs: Iterable[Callback] | None = None) -> Any:
+                cbs: Iterable[Callback] | None = None) -> LRFindResult:
         """Sweep the lr exponentially over `num_it` training batches; return an `LRFindResult`.
 
         The sweep (an `LRFinder`) spans epochs if the loader is short, skips

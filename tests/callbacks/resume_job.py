@@ -5,8 +5,8 @@
     python -m tests.callbacks.resume_job resume OUT N_EPOCHS CKPT
 
 Each writes OUT: the final parameters and the epoch history, via torch.save.
-Set RESUME_JOB_SCHEDULE=1 to train with a ParamScheduler (one-cycle-like cosine
-lr), RESUME_JOB_ACCUMULATE=N to add GradientAccumulation(N) when it exists.
+Set RESUME_JOB_ONE_CYCLE=1 to train with `fit_one_cycle`, RESUME_JOB_ACCUMULATE=N
+to add GradientAccumulation(N).
 """
 
 from __future__ import annotations
@@ -35,10 +35,6 @@ def build(out_dir: str) -> Learner:
     learn = Learner(model, (train, valid), F.cross_entropy, lr=0.1, cbs=cbs,
                     opt_func=lambda p, lr: torch.optim.SGD(p, lr=lr, momentum=0.9, weight_decay=1e-3))  # fmt: skip
     learn.progress_bar.enabled = False
-    if os.environ.get("RESUME_JOB_SCHEDULE"):
-        from loopkit.callbacks import ParamScheduler, sched_cos
-
-        learn.add_cbs(ParamScheduler({"lr": sched_cos(0.2, 0.01)}))
     if os.environ.get("RESUME_JOB_ACCUMULATE"):
         from loopkit.callbacks import GradientAccumulation
 
@@ -64,12 +60,18 @@ def main(argv: list[str]) -> None:
     mode, out, n_epochs = argv[0], argv[1], int(argv[2])
     out_dir = os.path.dirname(out)
     learn = build(out_dir)
+    if os.environ.get("RESUME_JOB_ONE_CYCLE"):
+        def fit(**kwargs):
+            learn.fit_one_cycle(n_epochs, lr_max=0.3, **kwargs)
+    else:
+        def fit(**kwargs):
+            learn.fit(n_epochs, **kwargs)
     if mode == "straight":
-        learn.fit(n_epochs)
+        fit()
     elif mode == "stop":
-        learn.fit(n_epochs, cbs=[StopAfter(int(argv[3]), os.path.join(out_dir, "ckpt.pt"))])
+        fit(cbs=[StopAfter(int(argv[3]), os.path.join(out_dir, "ckpt.pt"))])
     elif mode == "resume":
-        learn.fit(n_epochs, resume=argv[3])
+        fit(resume=argv[3])
     torch.save({"params": [p.detach().clone() for p in learn.model.parameters()],
                 "history": learn.avg_stats.history, "losses": learn.recorder.losses}, out)  # fmt: skip
 

@@ -42,8 +42,11 @@ def resume_matches_straight(tmp_path: Path, env: dict[str, str] | None = None, n
 
 
 @pytest.mark.slow
-def test_resume_in_a_new_process_is_bitwise_exact(tmp_path):
-    resume_matches_straight(tmp_path)
+@pytest.mark.parametrize("env", [{}, {"RESUME_JOB_ONE_CYCLE": "1"}, {"RESUME_JOB_ACCUMULATE": "20"},
+                                 {"RESUME_JOB_ONE_CYCLE": "1", "RESUME_JOB_ACCUMULATE": "20"}],
+                         ids=["fit", "one_cycle", "accumulation", "one_cycle+accumulation"])  # fmt: skip
+def test_resume_in_a_new_process_is_bitwise_exact(tmp_path, env):
+    resume_matches_straight(tmp_path, env)
 
 
 def test_checkpoint_is_plain_data_with_the_documented_keys(tmp_path):

@@ -150,3 +150,15 @@ def test_sync_counter_sees_a_per_batch_item(monkeypatch):
     counts = count_syncs(monkeypatch)
     learn.fit(1)
     assert counts["item"] == 10
+
+
+def test_state_dict_round_trip_restores_history_and_phase_figures():
+    x, y = make_data(20)
+    dls = (batches_of(x[:12], y[:12], [5, 7]), batches_of(x[12:], y[12:], [8]))
+    learn = Learner(tiny_model(), dls, F.cross_entropy, default_cbs=False, cbs=[AvgStats([accuracy])])
+    learn.fit(2)
+    state = learn.avg_stats.state_dict()
+    fresh = AvgStats([accuracy])
+    fresh.load_state_dict(state)
+    assert fresh.history == learn.avg_stats.history
+    assert (fresh.train, fresh.valid) == (learn.avg_stats.train, learn.avg_stats.valid)
