@@ -47,7 +47,7 @@ class WeightedSums:
     def __init__(self, n_values: int, fold_every: int = 256) -> None:
         self.n_values, self.fold_every = n_values, fold_every
         self.count = 0
-        self._pending: list[tuple[torch.Tensor | float, ...]] = []
+        self._columns: list[list[torch.Tensor | float]] = [[] for _ in range(n_values)]
         self._sizes: list[int] = []
         self._sums: torch.Tensor | None = None
 
@@ -56,35 +56,31 @@ class WeightedSums:
 
         Raises `ValueError` if a value has more than one element (checked on the first batch).
         """
-        if not self._pending and self._sums is None:
-            for i, v in enumerate(values):
-                if isinstance(v, torch.Tensor) and v.numel() != 1:
-                    raise ValueError(
-                        f"value {i} of the batch (0 is the loss, then the metrics in order) has shape "
-                        f"{tuple(v.shape)}; a metric must return the batch mean as a scalar tensor."
-                    )
-        self._pending.append(tuple(v.detach() if isinstance(v, torch.Tensor) else v for v in values))
-        self._sizes.append(n)
+        sizes = self._sizes
+        if not sizes and self._sums is None:
+            _check_scalars(values)
+        for column, value in zip(self._columns, values):
+            column.append(value.detach() if isinstance(value, torch.Tensor) else value)
+        sizes.append(n)
         self.count += n
-        if len(self._pending) >= self.fold_every:
+        if len(sizes) >= self.fold_every:
             self._fold()
 
     def _fold(self) -> None:
-        pending, self._pending = self._pending, []
-        sizes, self._sizes = self._sizes, []
-        if not pending:
+        if not self._sizes:
             return
-        first = next((v for v in pending[0] if isinstance(v, torch.Tensor)), None)
+        columns, sizes = self._columns, self._sizes
+        self._columns, self._sizes = [[] for _ in range(self.n_values)], []
+        first = next((c[0] for c in columns if isinstance(c[0], torch.Tensor)), None)
         device = first.device if first is not None else torch.device("cpu")
         # float64 keeps long phases exact; MPS has no float64, so stay in float32 there.
         dtype = torch.float32 if device.type == "mps" else torch.float64
-        columns = []
-        for i in range(self.n_values):
-            column = [row[i] for row in pending]
+        stacked = []
+        for column in columns:
             if not all(isinstance(v, torch.Tensor) for v in column):
                 column = [torch.as_tensor(v, device=device) for v in column]
-            columns.append(torch.stack(column).reshape(len(pending)).to(dtype))  # type: ignore[arg-type]
-        folded = torch.tensor(sizes, dtype=dtype, device=device) @ torch.stack(columns, dim=1)
+            stacked.append(torch.stack(column).reshape(len(sizes)).to(dtype))  # type: ignore[arg-type]
+        folded = torch.tensor(sizes, dtype=dtype, device=device) @ torch.stack(stacked, dim=1)
         self._sums = folded if self._sums is None else self._sums + folded
 
     def totals(self) -> torch.Tensor:
@@ -100,6 +96,15 @@ class WeightedSums:
         """Return the count and the weighted means from `totals()` (one host sync)."""
         count, *sums = totals.tolist()
         return int(count), [s / count if count else math.nan for s in sums]
+
+
+def _check_scalars(values: Sequence[torch.Tensor | float]) -> None:
+    for i, value in enumerate(values):
+        if isinstance(value, torch.Tensor) and value.numel() != 1:
+            raise ValueError(
+                f"value {i} of the batch (0 is the loss, then the metrics in order) has shape "
+                f"{tuple(value.shape)}; a metric must return the batch mean as a scalar tensor."
+            )
 
 
 @dataclass
