@@ -20,6 +20,7 @@ over ranks is the mean over the global batch, as one process would compute.
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Iterator
 from datetime import timedelta
@@ -33,6 +34,8 @@ from torch.utils.data import DataLoader, IterableDataset, RandomSampler, Sequent
 from loopkit import Callback, CancelFit
 
 from .stats import batch_size
+
+_DDP_ARGS = frozenset(inspect.signature(DistributedDataParallel.__init__).parameters)
 
 
 class ShardBatchSampler:
@@ -186,11 +189,14 @@ class Distributed(Callback):
             learn.valid_dl = shard_loader(learn.valid_dl, self.world_size, self.rank, self.seed, "valid")
         self._samplers = [dl.batch_sampler for dl in (learn.train_dl, learn.valid_dl) if dl is not None]  # type: ignore[misc]
         model = learn.model.to(self.device)
-        # No buffer broadcast in forward: the only collectives are DDP's gradient all-reduce,
+        # No buffer sync in forward: the only collectives are DDP's gradient all-reduce,
         # the stop agreement and AvgStats' sums, which keeps the agreement protocol simple.
+        # (torch 2.13 renamed the switch; older releases only know broadcast_buffers.)
+        no_forward_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in _DDP_ARGS
+                           else {"broadcast_buffers": False})  # fmt: skip
         learn.model = DistributedDataParallel(
-            model, device_ids=[self.device.index] if on_cuda else None, broadcast_buffers=False,
-            find_unused_parameters=self.find_unused_parameters,
+            model, device_ids=[self.device.index] if on_cuda else None,
+            find_unused_parameters=self.find_unused_parameters, **no_forward_sync,
         )  # fmt: skip
 
     def before_epoch(self) -> None:
