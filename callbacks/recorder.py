@@ -20,12 +20,14 @@ class Recorder(Callback):
     """Record the loss and every hyper-parameter of every param group, per training batch.
 
     Events: before_fit, after_loss, after_train. Reads: training, loss, opt, epoch,
-    train_iter, and `learn.avg_stats.history` (for the validation curve, when present).
+    train_iter, `learn.avg_stats.history` (for the validation curve, when present) and
+    `learn.param_scheduler.scheds` (the scheduled names, at `before_fit`).
     Writes on the learner: nothing.
     Publishes: `losses` (training loss per batch), `hps` (name -> one list per param
     group -> value per batch; `mom` is momentum or Adam's first beta), `lrs` and
     `moms` (the last param group's values, as fastai has them), `epoch_ends`
-    (number of batches recorded at the end of each training phase).
+    (number of batches recorded at the end of each training phase), `scheduled` (the
+    names a `ParamScheduler` scheduled in the fit).
     order = 0.
 
     Losses stay on the device while training; reading `losses` syncs once.
@@ -43,9 +45,12 @@ class Recorder(Callback):
         self._keys: list[tuple[str, str, int | None]] = []
         self._n_groups = 0
         self.epoch_ends: list[int] = []
+        self.scheduled: list[str] = []
 
     def before_fit(self) -> None:
         self._reset()
+        scheduler = getattr(self.learn, "param_scheduler", None)
+        self.scheduled = list(scheduler.scheds) if scheduler is not None else []
         groups = self.opt.param_groups
         self._n_groups = len(groups)
         self._keys = hyper_keys(groups[0])
@@ -67,13 +72,14 @@ class Recorder(Callback):
 
     def state_dict(self) -> dict[str, Any]:
         """Return the record so far, for checkpoints (a resumed fit continues the plots)."""
-        return {"losses": list(self.losses), "rows": list(self._rows), "epoch_ends": list(self.epoch_ends)}
+        return {"losses": list(self.losses), "rows": list(self._rows), "epoch_ends": list(self.epoch_ends),
+                "scheduled": list(self.scheduled)}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what `state_dict` returned."""
         self._pending, self._chunks = [], []
         self._losses, self._rows = list(state["losses"]), [tuple(r) if isinstance(r, (list, tuple)) else r for r in state["rows"]]
-        self.epoch_ends = list(state["epoch_ends"])
+        self.epoch_ends, self.scheduled = list(state["epoch_ends"]), list(state.get("scheduled", []))
 
     @property
     def losses(self) -> list[float]:
@@ -149,12 +155,14 @@ class Recorder(Callback):
     def plot_sched(self, names: list[str] | None = None, path: str | Path | None = None) -> Figure:
         """Plot one panel per scheduled hyper-parameter; return the figure.
 
-        By default the panels are the names whose value changed during the fit
-        (what a scheduler drove), and `lr` if none did; one line per param group.
+        By default the panels are the names a `ParamScheduler` scheduled in the fit,
+        then any other name whose value changed (a torch scheduler, your own
+        callback), and `lr` if there are none; one line per param group.
         """
         hps = self.hps
         if names is None:
-            names = [n for n, groups in hps.items() if any(len(set(v)) > 1 for v in groups)] or ["lr"]
+            changed = [n for n, groups in hps.items() if any(len(set(v)) > 1 for v in groups)]
+            names = list(dict.fromkeys([*self.scheduled, *changed])) or ["lr"]
         unknown = [n for n in names if n not in hps]
         if unknown:
             raise ValueError(f"plot_sched: {unknown} were not recorded; the recorded names are {sorted(hps)}.")

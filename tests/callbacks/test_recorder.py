@@ -89,3 +89,16 @@ def test_plot_sched_has_one_panel_per_changing_name():
     assert [ax.get_title() for ax in fig.axes] == ["lr", "mom"]
     with pytest.raises(ValueError, match="recorded names are"):
         learn.recorder.plot_sched(["lrs"])
+
+
+def test_plot_sched_shows_a_constant_schedule_too():
+    from loopkit.callbacks import sched_cos, sched_no
+
+    learn = make(opt_func=lambda p, lr: torch.optim.SGD(p, lr=lr, momentum=0.5, weight_decay=0.1))
+    learn.fit_one_cycle(1, lr_max=0.1, wd=0.01)  # weight decay is held constant: still scheduled
+    assert learn.recorder.scheduled == ["lr", "mom", "weight_decay"]
+    assert [ax.get_title() for ax in learn.recorder.plot_sched().axes] == ["lr", "mom", "weight_decay"]
+    from loopkit.callbacks import ParamScheduler
+
+    learn.fit(1, cbs=[ParamScheduler({"lr": sched_no(0.05), "mom": sched_cos(0.9, 0.8)})])
+    assert [ax.get_title() for ax in learn.recorder.plot_sched().axes] == ["lr", "mom"]

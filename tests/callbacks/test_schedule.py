@@ -360,7 +360,7 @@ def test_fit_one_cycle_makes_the_optimizer_sets_wd_and_adds_its_scheduler_for_on
     assert learn.recorder.hps["weight_decay"] == [[0.05] * 3]
     assert not any(isinstance(cb, ParamScheduler) for cb in learn.cbs)
     fig = learn.recorder.plot_sched()
-    assert [ax.get_title() for ax in fig.axes] == ["lr", "mom"]
+    assert [ax.get_title() for ax in fig.axes] == ["lr", "mom", "weight_decay"]  # every scheduled name
     last_mom = learn.recorder.moms[-1]
     learn.fit_one_cycle(1, [0.01], moms=None)  # again, with a per-group list and momentum left alone
     assert learn.recorder.moms == [last_mom] * 3 and len(set(learn.recorder.lrs)) == 3
