@@ -106,12 +106,14 @@ def test_digits_on_cuda_meets_the_floor(tmp_path, amp):
 
 
 @pytest.mark.slow
-def test_digits_under_torchrun_writes_its_outputs_once(tmp_path):
+def test_digits_under_torchrun_writes_its_outputs_once_and_meets_the_floor(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(ROOT / "recipes" / "digits.py"), "--epochs", "2", "--out", str(tmp_path)]  # fmt: skip
+           str(ROOT / "recipes" / "digits.py"), "--out", str(tmp_path)]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=150, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.count("final valid_loss") == 1  # rank 0 alone reports and writes
-    assert [row["epoch"] for row in read_metrics(tmp_path)] == [0.0, 1.0]
+    rows = read_metrics(tmp_path)
+    assert [row["epoch"] for row in rows] == [float(e) for e in range(len(rows))] and len(rows) > 1
+    assert rows[-1]["accuracy"] >= 0.95  # the single-process floor, with 2 ranks on gloo
     assert (tmp_path / "model.pt").is_file() and (tmp_path / "loss.png").is_file()
