@@ -100,29 +100,37 @@ def save_checkpoint(learn: Learner, path: str | Path) -> Path:
     """Write `learn`'s full state to `path` atomically; return the path.
 
     Under distributed training call it on every rank: the ranks' RNG states are
-    gathered (each rank resumes with its own dropout stream) and rank 0 writes.
+    gathered (each rank resumes with its own dropout stream), rank 0 writes, and
+    every rank returns only once the file is complete, so any rank may read it next.
     """
     path = Path(path)
     rng = rng_state(learn)
-    rng_ranks = None
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    rng_ranks: list[Any] | None = None
+    if distributed:
         rng_ranks = [None] * dist.get_world_size()
         dist.all_gather_object(rng_ranks, rng)
-    if not is_main_process():
-        return path
-    state = {
-        "format": FORMAT,
-        "version": VERSION,
-        "model": plain_model(learn.model).state_dict(),
-        "opt": learn.opt.state_dict() if learn.opt is not None else None,
-        "epoch": learn.epoch,
-        "n_epochs": learn.n_epochs,
-        "train_iter": learn.train_iter,
-        "callbacks": {cb.cb_name: cb.state_dict() for cb in learn.cbs if callable(getattr(cb, "state_dict", None))},
-        "rng": rng,
-    }
-    if rng_ranks is not None:
-        state["rng_ranks"] = rng_ranks
+    if is_main_process():
+        state = {
+            "format": FORMAT,
+            "version": VERSION,
+            "model": plain_model(learn.model).state_dict(),
+            "opt": learn.opt.state_dict() if learn.opt is not None else None,
+            "epoch": learn.epoch,
+            "n_epochs": learn.n_epochs,
+            "train_iter": learn.train_iter,
+            "callbacks": {cb.cb_name: cb.state_dict() for cb in learn.cbs if callable(getattr(cb, "state_dict", None))},
+            "rng": rng,
+        }
+        if rng_ranks is not None:
+            state["rng_ranks"] = rng_ranks
+        _write_atomically(state, path)
+    if distributed:
+        dist.barrier()
+    return path
+
+
+def _write_atomically(state: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -134,7 +142,6 @@ def save_checkpoint(learn: Learner, path: str | Path) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
 
 
 def read_checkpoint(learn: Learner, path: str | Path) -> dict[str, Any]:

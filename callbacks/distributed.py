@@ -20,6 +20,7 @@ over ranks is the mean over the global batch, as one process would compute.
 
 from __future__ import annotations
 
+import atexit
 import inspect
 import os
 from collections.abc import Iterator
@@ -36,6 +37,11 @@ from loopkit import Callback, CancelFit
 from .stats import batch_size
 
 _DDP_ARGS = frozenset(inspect.signature(DistributedDataParallel.__init__).parameters)
+
+
+def _destroy_group() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 class ShardBatchSampler:
@@ -130,8 +136,9 @@ class Distributed(Callback):
     error exits without talking to the others; under torchrun its exit ends the job.
 
     `backend` defaults to NCCL when CUDA is available, else gloo; the process
-    group is created from torchrun's environment when none is up, and destroyed
-    at `after_fit` if this callback created it. `seed` is the shuffling seed shared
+    group is created from torchrun's environment when none is up. A group this
+    callback created stays up for later fits and is destroyed when the process
+    exits normally (an `atexit` hook), so the job ends without NCCL/gloo warnings. `seed` is the shuffling seed shared
     by the ranks (default: the loader's generator's seed, else 0). `learn.save`
     must be called on every rank (rank 0 writes).
     """
@@ -170,6 +177,9 @@ class Distributed(Callback):
             )
         dist.init_process_group(backend, timeout=timedelta(seconds=self.timeout))
         self.created_group = True
+        # The group outlives the fit (a second fit, lr_find then fit, ...), since re-creating one
+        # mid-job races on the rendezvous; it is destroyed when the process exits normally.
+        atexit.register(_destroy_group)
 
     def before_fit(self) -> None:
         self._start_group()
@@ -181,7 +191,8 @@ class Distributed(Callback):
             torch.cuda.set_device(local_rank)
             self.device = torch.device("cuda", local_rank)
         # Stop flags go over gloo on the host, so agreeing never waits on the GPU.
-        self._control = dist.new_group(backend="gloo") if on_cuda else None
+        if on_cuda and self._control is None:
+            self._control = dist.new_group(backend="gloo")
         learn = self.learn
         self._loaders = (learn.train_dl, learn.valid_dl)
         learn.train_dl = shard_loader(learn.train_dl, self.world_size, self.rank, self.seed, "train")
@@ -192,8 +203,9 @@ class Distributed(Callback):
         # No buffer sync in forward: the only collectives are DDP's gradient all-reduce,
         # the stop agreement and AvgStats' sums, which keeps the agreement protocol simple.
         # (torch 2.13 renamed the switch; older releases only know broadcast_buffers.)
-        no_forward_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in _DDP_ARGS
-                           else {"broadcast_buffers": False})  # fmt: skip
+        no_forward_sync: dict[str, Any] = (
+            {"forward_sync_buffers": False} if "forward_sync_buffers" in _DDP_ARGS else {"broadcast_buffers": False}
+        )
         learn.model = DistributedDataParallel(
             model, device_ids=[self.device.index] if on_cuda else None,
             find_unused_parameters=self.find_unused_parameters, **no_forward_sync,
@@ -246,7 +258,3 @@ class Distributed(Callback):
         if self._samplers:
             learn.train_dl, learn.valid_dl = self._loaders
             self._samplers = []
-        if self.created_group and dist.is_initialized():
-            dist.destroy_process_group()
-            self.created_group = False
-        self._control = None

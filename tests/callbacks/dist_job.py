@@ -22,7 +22,7 @@ from loopkit import Callback, CancelFit, Learner
 from loopkit.callbacks import CSVLogger, EarlyStopping, SaveModel
 
 SIZES = {"equiv": (48, 16), "stats": (37, 23), "merge": (33, 5), "io": (40, 12), "stop": (40, 12), "error": (40, 12),
-         "accum": (37, 12)}  # fmt: skip
+         "accum": (37, 12), "twice": (40, 12)}  # fmt: skip
 
 
 def data(mode: str) -> tuple[TensorDataset, TensorDataset]:
@@ -95,6 +95,11 @@ def main(mode: str, out_dir: str) -> None:
         learn = build(mode, bs=4, distributed=True, cbs=[GradientAccumulation(20), counter])
         learn.fit(2)
         result.update(n_all_reduces=counter.n_all_reduces, n_steps=learn.gradient_accumulation.n_steps)
+    elif mode == "twice":  # several fits in one job share the process group
+        learn = build(mode, bs=4, distributed=True)
+        learn.fit(1)
+        learn.fit_one_cycle(2, 0.2, cbs=[SaveModel(path=out / "best.pt", restore_best=True)])
+        learn.fit(1)
     elif mode == "io":
         cbs = [CSVLogger(out / "history.csv"), SaveModel(path=out / "ckpt.pt", every_epoch=True)]
         learn = build(mode, bs=4, distributed=True, cbs=cbs, shuffle=True)

@@ -92,6 +92,12 @@ def test_accumulation_under_ddp_matches_one_process_and_syncs_once_per_window(tm
         assert got == pytest.approx(want, rel=1e-9)
 
 
+def test_several_fits_in_one_job_and_restore_best_agree_across_ranks(tmp_path):
+    rank0, rank1 = launched("twice", tmp_path)
+    assert rank0["plain"] == "Sequential" and len(rank0["history"]) == 1
+    assert_same_params(rank0["params"], rank1["params"])
+
+
 def test_rank_zero_alone_writes_and_a_two_rank_resume_continues_exactly(tmp_path):
     straight = tmp_path / "straight"
     straight.mkdir()
