@@ -16,6 +16,16 @@ class Monitor:
             raise ValueError(f"min_delta must be >= 0, got {min_delta!r}.")
         self.name, self.mode, self.min_delta = name, mode, min_delta
 
+    def check(self, learn: Any) -> None:
+        """Raise `ValueError` now, at `before_fit`, if the monitored figure will not exist."""
+        stats = getattr(learn, "avg_stats", None)
+        if stats is None:
+            raise ValueError(f"monitoring {self.name!r} needs AvgStats on the learner (it is a default callback).")
+        if self.name not in stats.columns:
+            raise ValueError(
+                f"cannot monitor {self.name!r}: the epoch's figures will be {stats.columns}; pick one of those."
+            )
+
     def read(self, learn: Any) -> float:
         """Return the monitored value of the epoch that just ended."""
         stats = getattr(learn, "avg_stats", None)

@@ -236,6 +236,7 @@ class SaveModel(Callback):
         self.best_epoch: int | None = None
 
     def before_fit(self) -> None:
+        self.monitor.check(self.learn)
         self.best, self.best_epoch = None, None
 
     def after_epoch(self) -> None:

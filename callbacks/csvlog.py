@@ -30,6 +30,8 @@ class CSVLogger(Callback):
         self.path = Path(path)
 
     def before_fit(self) -> None:
+        if getattr(self.learn, "avg_stats", None) is None:
+            raise ValueError("CSVLogger writes the rows of AvgStats' history; add AvgStats (a default callback).")
         self._columns: list[str] | None = None
         if self.learn.start_epoch == 0 and is_main_process():
             self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -15,8 +15,8 @@ import contextlib
 import copy
 import math
 import numbers
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
 
@@ -309,7 +309,7 @@ def one_cycle_scheds(
 class ParamScheduler(Callback):
     """Set hyper-parameters from annealing functions of `pct_train`, at every training batch.
 
-    Events: before_fit, before_batch. Reads: opt, training, pct_train.
+    Events: before_fit, before_train, before_batch. Reads: opt, training, pct_train, n_iter.
     Writes on the learner: the scheduled hyper-parameters of `learn.opt.param_groups`,
     at every training `before_batch` (nothing during validation).
     Publishes: `scheds` (name -> the function, or list of functions, as given).
@@ -344,6 +344,7 @@ class ParamScheduler(Callback):
                 raise ValueError(f"ParamScheduler: the list of schedules for {name!r} is empty; give one per param group.")
         self.scheds = dict(scheds)
         self._plan: list[tuple[int, str, AnnealFunc]] = []
+        self._warned = False
 
     def before_fit(self) -> None:
         groups = self.opt.param_groups
@@ -356,6 +357,7 @@ class ParamScheduler(Callback):
                         f"ParamScheduler: {name!r} is not a hyper-parameter of param group {g} of "
                         f"{type(self.opt).__name__}; the names you can schedule are {names} "
                         "('mom' is momentum, or betas[0] for Adam-like optimizers)."
+                        + (" For fit_one_cycle with an optimizer without momentum, pass moms=None." if name == "mom" else "")
                     )
             if isinstance(funcs, Sequence):
                 if len(funcs) != len(groups):
@@ -367,6 +369,15 @@ class ParamScheduler(Callback):
                 self._plan += [(g, name, func) for g, func in enumerate(funcs)]
             else:
                 self._plan += [(g, name, funcs) for g in range(len(groups))]
+
+    def before_train(self) -> None:
+        if self.learn.n_iter is None and not self._warned:
+            self._warned = True
+            warnings.warn(
+                "ParamScheduler: the training loader has no length, so pct_train can only move once per epoch "
+                "and the schedule is a staircase (constant over a one-epoch fit); give the loader a __len__.",
+                stacklevel=2,
+            )
 
     def before_batch(self) -> None:
         learn = self.learn  # direct reads: this runs on every batch
@@ -504,21 +515,30 @@ _LOOP_STATE = ("n_epochs", "start_epoch", "epoch", "training", "dl", "iter", "n_
                "pct_train", "batch", "xb", "yb", "pred", "loss")  # fmt: skip
 
 
-@dataclass(frozen=True)
-class LRFindResult:
-    """What `learn.lr_find()` returns: two suggested learning rates, the sweep, and its plot.
+class LRFindResult(float):
+    """What `learn.lr_find()` returns: the suggested lr, with the sweep and its plot.
 
-    `lr_steep` is the lr where the smoothed loss falls fastest against log(lr),
-    searched from a tenth of the way into the sweep (where the moving average is
-    still noisy) up to the lowest loss; the first lr if the loss never falls.
-    `lr_min` is the lr of the lowest smoothed loss divided by 10. `lrs` and
-    `losses` are the sweep: the lr of each batch and the smoothed loss there.
+    It is a float, the suggested lr (`lr_steep`), so it can be passed where an lr
+    goes: `learn.fit_one_cycle(5, learn.lr_find())`. `lr_steep` is the lr where the
+    smoothed loss falls fastest against log(lr), searched from a tenth of the way
+    into the sweep (where the moving average is still noisy) up to the lowest loss;
+    the first lr if the loss never falls. `lr_min` is the lr of the lowest smoothed
+    loss divided by 10. `lrs` and `losses` are the sweep: the lr of each batch and
+    the smoothed loss there.
     """
 
     lr_min: float
     lr_steep: float
-    lrs: list[float] = field(repr=False)
-    losses: list[float] = field(repr=False)
+    lrs: list[float]
+    losses: list[float]
+
+    def __new__(cls, lr_min: float, lr_steep: float, lrs: list[float], losses: list[float]) -> LRFindResult:
+        result = super().__new__(cls, lr_steep)
+        result.lr_min, result.lr_steep, result.lrs, result.losses = float(lr_min), float(lr_steep), lrs, losses
+        return result
+
+    def __repr__(self) -> str:
+        return f"LRFindResult(lr_min={self.lr_min!r}, lr_steep={self.lr_steep!r})"
 
     @classmethod
     def from_sweep(cls, lrs: Sequence[float], losses: Sequence[float]) -> LRFindResult:
@@ -615,7 +635,10 @@ class LRFinder(Callback):
 
     def epochs_for(self, dl: Any) -> int:
         """Return how many epochs of loader `dl` cover `num_it` batches (`num_it` if it has no length)."""
-        n_batches = len(dl) if hasattr(dl, "__len__") else 0
+        try:
+            n_batches = len(dl)
+        except TypeError:  # no length, or a DataLoader over an IterableDataset
+            n_batches = 0
         return -(-self.num_it // n_batches) if n_batches else self.num_it
 
     def before_fit(self) -> None:

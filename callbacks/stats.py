@@ -98,6 +98,12 @@ class WeightedSums:
         return int(count), [s / count if count else math.nan for s in sums]
 
 
+def _metric_name(metric: Metric) -> str:
+    # functools.partial has no __name__: use the wrapped function's.
+    name = getattr(metric, "__name__", None) or getattr(getattr(metric, "func", None), "__name__", None)
+    return name or type(metric).__name__
+
+
 def _check_scalars(values: Sequence[torch.Tensor | float]) -> None:
     for i, value in enumerate(values):
         if isinstance(value, torch.Tensor) and value.numel() != 1:
@@ -124,7 +130,8 @@ class AvgStats(Callback):
     Writes on the learner: nothing.
     Publishes: `train` and `valid` (`PhaseStats` of the latest phase of each kind),
     `history` (one dict per epoch: `epoch`, `train_loss`, `train_<metric>` when
-    `train_metrics`, `valid_loss`, `<metric>` when there is a valid loader).
+    `train_metrics`, `valid_loss`, `<metric>` when there is a valid loader), and
+    `columns` (those keys, known before the first epoch).
     order = -20: its `after_epoch` row is ready before progress bars and loggers read it.
 
     A metric is `f(pred, *yb) -> scalar tensor` (the mean over the batch), named by
@@ -142,9 +149,12 @@ class AvgStats(Callback):
         for metric in self.metrics:
             if not callable(metric):
                 raise TypeError(f"each metric must be a function f(pred, *yb) -> tensor, got {metric!r}.")
-        self.metric_names = [getattr(m, "__name__", type(m).__name__) for m in self.metrics]
+        self.metric_names = [_metric_name(m) for m in self.metrics]
         if len(set(self.metric_names)) != len(self.metric_names):
-            raise ValueError(f"metric names must be unique, got {self.metric_names}; give each function its own __name__.")
+            raise ValueError(
+                f"metric names must be unique, got {self.metric_names}; give each function its own __name__ "
+                "(for a functools.partial, set its __name__ attribute)."
+            )
         self.train_metrics = train_metrics
         self.train, self.valid = PhaseStats(), PhaseStats()
         self.history: list[dict[str, float]] = []
@@ -195,6 +205,14 @@ class AvgStats(Callback):
 
     def after_validate(self) -> None:
         self.valid = self._finish()
+
+    @property
+    def columns(self) -> list[str]:
+        """The keys of each `history` row, as configured now (known before the first epoch)."""
+        columns = ["epoch", "train_loss"] + ([f"train_{k}" for k in self.metric_names] if self.train_metrics else [])
+        if self.learn is not None and self.learn.valid_dl is not None:
+            columns += ["valid_loss", *self.metric_names]
+        return columns
 
     def after_epoch(self) -> None:
         if self._sums is not None:  # the epoch was cancelled mid-phase: report what was seen

@@ -29,7 +29,7 @@ class EarlyStopping(Callback):
     order = 70
 
     def __init__(self, monitor: str = "valid_loss", patience: int = 3, min_delta: float = 0.0, mode: str = "min") -> None:
-        if not isinstance(patience, int) or patience < 1:
+        if not isinstance(patience, int) or isinstance(patience, bool) or patience < 1:
             raise ValueError(f"patience is a number of epochs and must be an int >= 1, got {patience!r}.")
         self.monitor, self.patience = Monitor(monitor, mode, min_delta), patience
         self.best: float | None = None
@@ -38,6 +38,7 @@ class EarlyStopping(Callback):
         self.stopped_epoch: int | None = None
 
     def before_fit(self) -> None:
+        self.monitor.check(self.learn)
         self.best, self.best_epoch, self.wait, self.stopped_epoch = None, None, 0, None
 
     def after_epoch(self) -> None:

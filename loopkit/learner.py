@@ -97,7 +97,7 @@ class Learner:
         loss_func: Callable[..., torch.Tensor],
         opt_func: OptFunc = torch.optim.SGD,
         lr: float = 1e-2,
-        cbs: Iterable[Callback] | None = None,
+        cbs: Callback | Iterable[Callback] | None = None,
         metrics: Sequence[Metric] | None = None,
         n_inp: int = 1,
         default_cbs: bool = True,
@@ -142,7 +142,7 @@ class Learner:
                 "is off, so every process trains alone on all the data; pass Learner(..., distributed=True).",
                 stacklevel=2,
             )
-        self.add_cbs(defaults + list(cbs or ()))
+        self.add_cbs(defaults, cbs)
 
     @property
     def dls(self) -> Any:
@@ -289,7 +289,7 @@ class Learner:
 
     # -- the loop --------------------------------------------------------------------------
 
-    def fit(self, n_epochs: int, cbs: Iterable[Callback] | None = None, lr: float | None = None,
+    def fit(self, n_epochs: int, cbs: Callback | Iterable[Callback] | None = None, lr: float | None = None,
             resume: str | Path | None = None) -> None:
         """Train for `n_epochs` epochs, firing every event of the loop.
 
@@ -306,7 +306,7 @@ class Learner:
             raise ValueError(f"n_epochs must be an int >= 1, got {n_epochs!r}.")
         if lr is not None and (not isinstance(lr, numbers.Real) or isinstance(lr, bool) or not lr >= 0):
             raise ValueError(f"fit(lr=...) must be a number >= 0, got {lr!r}.")
-        per_fit = list(cbs or ())
+        per_fit = list(_flatten([cbs]))
         self.add_cbs(per_fit)
         try:
             if self.opt is None:
@@ -435,7 +435,7 @@ class Learner:
     def fit_one_cycle(self, n_epochs: int, lr_max: float | Sequence[float], div: float = 25.0,
                       div_final: float = 1e5, pct_start: float = 0.25,
                       moms: Sequence[float] | None = (0.95, 0.85, 0.95), wd: float | None = None,
-                      cbs: Iterable[Callback] | None = None, resume: str | Path | None = None) -> None:
+                      cbs: Callback | Iterable[Callback] | None = None, resume: str | Path | None = None) -> None:
         """Fit with the one-cycle policy: the lr warms up to `lr_max` and anneals down, momentum the other way.
 
         Over the first `pct_start` of training the lr follows a half cosine from
@@ -450,24 +450,32 @@ class Learner:
         from loopkit.callbacks import ParamScheduler, one_cycle_scheds
 
         scheduler = ParamScheduler(one_cycle_scheds(lr_max, div, div_final, pct_start, moms, wd))
-        self.fit(n_epochs, cbs=[scheduler, *(cbs or ())], resume=resume)
+        self.fit(n_epochs, cbs=[scheduler, *_flatten([cbs])], resume=resume)
 
     def lr_find(self, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100, stop_div: bool = True,
-                cbs: Iterable[Callback] | None = None) -> LRFindResult:
+                cbs: Callback | Iterable[Callback] | None = None) -> LRFindResult:
         """Sweep the lr exponentially over `num_it` training batches; return an `LRFindResult`.
 
         The sweep (an `LRFinder`) spans epochs if the loader is short, skips
         validation, and stops early once the smoothed loss diverges (`stop_div`).
         Afterwards the learner is as it was: weights and optimizer state bitwise,
-        callbacks' state, RNG states and loop counters (`preserve_state`). The
-        result has `lr_steep` and `lr_min` (suggested lrs), `lrs`, `losses`, and
-        `plot(path=None)`, which returns the figure and can save it.
+        callbacks' state, RNG states and loop counters (`preserve_state`);
+        `CSVLogger`, `SaveModel` and `EarlyStopping` are left out of the sweep, so
+        it writes no logs or checkpoints. The result is a float, the suggested lr
+        (`lr_steep`), with `lr_min`, `lrs`, `losses`, and `plot(path=None)`, which
+        returns the figure and can save it.
         """
-        from loopkit.callbacks import LRFinder, preserve_state
+        from loopkit.callbacks import CSVLogger, EarlyStopping, LRFinder, SaveModel, preserve_state
 
         finder = LRFinder(start_lr, end_lr, num_it, stop_div)
-        with preserve_state(self):
-            self.fit(finder.epochs_for(self.train_dl), cbs=[finder, *(cbs or ())])
+        # The sweep is not training: loggers, checkpoints and early stopping sit it out.
+        paused = [cb for cb in self.cbs if isinstance(cb, (CSVLogger, EarlyStopping, SaveModel))]
+        self.remove_cbs(paused)
+        try:
+            with preserve_state(self):
+                self.fit(finder.epochs_for(self.train_dl), cbs=[finder, *_flatten([cbs])])
+        finally:
+            self.add_cbs(paused)
         return finder.result
 
 

@@ -21,9 +21,9 @@ def make_parser(doc: str, name: str, epochs: int, bs: int, lr: float | None,
     parser = argparse.ArgumentParser(
         prog=f"python -m loopkit.recipes.{name}", description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--epochs", type=int, default=epochs, help="number of epochs (default: %(default)s)")
-    parser.add_argument("--bs", type=int, default=bs, help="training batch size (default: %(default)s)")
-    parser.add_argument("--lr", type=float, default=lr, help=lr_help)
+    parser.add_argument("--epochs", type=positive_int, default=epochs, help="number of epochs (default: %(default)s)")
+    parser.add_argument("--bs", type=positive_int, default=bs, help="training batch size (default: %(default)s)")
+    parser.add_argument("--lr", type=positive_float, default=lr, help=lr_help)
     parser.add_argument("--seed", type=int, default=0,
                         help="seeds the model's initial weights and the shuffling; the split is fixed (default: 0)")
     parser.add_argument("--data", type=Path, default=None, metavar="PATH",
@@ -32,6 +32,22 @@ def make_parser(doc: str, name: str, epochs: int, bs: int, lr: float | None,
     parser.add_argument("--out", type=Path, default=Path("runs") / name, metavar="DIR",
                         help="where to write metrics.csv, loss.png, model.pt... (default: %(default)s)")
     return parser
+
+
+def positive_int(text: str) -> int:
+    """Parse a command-line int that must be at least 1 (argparse reports the error)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """Parse a command-line float that must be greater than 0 (argparse reports the error)."""
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {value}")
+    return value
 
 
 def seed_everything(seed: int) -> None:
@@ -45,6 +61,11 @@ def load_data(path: Path | None) -> ImageData:
     """Return the embedded digits, or the MNIST IDX files or PNG class folders at `path`."""
     if path is None:
         return digits()
+    if not Path(path).is_dir():
+        raise SystemExit(
+            f"--data {path}: no such folder; give a folder of MNIST IDX files (train-images-idx3-ubyte[.gz] "
+            "and friends) or one with train/ and valid/ folders holding a folder of PNG images per class."
+        )
     if (Path(path) / "train").is_dir():
         return image_folder(path)
     return mnist_idx(path)

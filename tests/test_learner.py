@@ -340,3 +340,13 @@ def test_iterable_dataset_loader_has_no_length():
     spy = type("Spy", (Callback,), {"before_batch": lambda s: n_iters.append(s.n_iter)})()
     Learner(tiny_model(), (DataLoader(Stream(), batch_size=4), None), F.cross_entropy, default_cbs=False, cbs=[spy]).fit(1)
     assert n_iters == [None, None, None]
+
+
+def test_cbs_may_be_one_callback_or_nested_lists():
+    one, two, three = Tracer(), type("Other", (Callback,), {})(), type("Third", (Callback,), {})()
+    learn = make_learner(cbs=one)
+    assert learn.tracer is one
+    learn.fit(1, cbs=[[two], three])
+    assert two.learn is None and three.learn is None and one.learn is learn
+    learn.fit(1, cbs=two)
+    assert two.learn is None

@@ -193,13 +193,19 @@ def test_save_model_keeps_the_best_epoch_and_every_epoch(tmp_path):
     assert torch.equal(learn.model.weight, weights[3])
 
 
-def test_save_model_monitor_errors():
-    learn = make_learner(default_cbs=True, cbs=[SaveModel(monitor="accuracy")])
+def test_save_model_monitor_errors_come_before_the_first_epoch():
+    tracer = Tracer()
+    learn = make_learner(default_cbs=True, cbs=[SaveModel(monitor="accuracy"), tracer])
     learn.progress_bar.enabled = False
     with pytest.raises(ValueError, match=r"cannot monitor 'accuracy'.*\['epoch', 'train_loss', 'valid_loss'\]"):
         learn.fit(1)
+    assert "before_epoch" not in tracer.trace
     with pytest.raises(ValueError, match="mode must be 'min' or 'max'"):
         SaveModel(mode="best")
+    with pytest.raises(ValueError, match="needs AvgStats"):
+        make_learner(cbs=[SaveModel()]).fit(1)
+    with pytest.raises(ValueError, match="CSVLogger writes the rows of AvgStats"):
+        make_learner(cbs=[CSVLogger()]).fit(1)
 
 
 def test_csv_logger_writes_a_row_per_epoch_and_starts_fresh_each_fit(tmp_path):

@@ -670,3 +670,18 @@ def test_lr_finder_rejects_bad_arguments(kwargs, match):
         learn.lr_find(**kwargs)
     with pytest.raises(ValueError, match=match):
         LRFinder(**kwargs)
+
+
+def test_lr_find_result_is_the_suggested_lr_and_loggers_sit_the_sweep_out(tmp_path):
+    from loopkit.callbacks import CSVLogger, SaveModel
+
+    learn = make_learner(4, 2, default_cbs=True)
+    learn.progress_bar.enabled = False
+    log, best = CSVLogger(tmp_path / "log.csv"), SaveModel(path=tmp_path / "best.pt")
+    learn.add_cbs(log, best)
+    found = learn.lr_find(num_it=12)
+    assert isinstance(found, float) and float(found) == found.lr_steep
+    assert not (tmp_path / "log.csv").exists() and not (tmp_path / "best.pt").exists()
+    assert log.learn is learn and best.learn is learn  # back on the learner for the real fit
+    learn.fit_one_cycle(1, found)
+    assert (tmp_path / "log.csv").exists() and (tmp_path / "best.pt").exists()
