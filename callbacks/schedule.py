@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 import torch
+from torch import distributed as dist
 from matplotlib.figure import Figure
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
@@ -689,6 +690,11 @@ class LRFinder(Callback):
         for module, mode in saved["modes"]:
             module.training = mode
         self.opt.load_state_dict(saved["opt"])
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            # Each rank saw its own shard's losses: all take rank 0's sweep, so all get one suggestion.
+            sweep = [self.lrs, self.losses]
+            dist.broadcast_object_list(sweep, src=0)
+            self.lrs, self.losses = sweep
 
     @property
     def result(self) -> LRFindResult:

@@ -97,6 +97,9 @@ def main(mode: str, out_dir: str) -> None:
         result.update(n_all_reduces=counter.n_all_reduces, n_steps=learn.gradient_accumulation.n_steps)
     elif mode == "twice":  # several fits in one job share the process group
         learn = build(mode, bs=4, distributed=True)
+        before = [p.detach().clone() for p in learn.model.parameters()]
+        found = learn.lr_find(num_it=15)
+        result.update(found=float(found), restored=all(torch.equal(a, b) for a, b in zip(before, learn.model.parameters())))
         learn.fit(1)
         learn.fit_one_cycle(2, 0.2, cbs=[SaveModel(path=out / "best.pt", restore_best=True)])
         learn.fit(1)

@@ -94,6 +94,7 @@ def test_accumulation_under_ddp_matches_one_process_and_syncs_once_per_window(tm
 
 def test_several_fits_in_one_job_and_restore_best_agree_across_ranks(tmp_path):
     rank0, rank1 = launched("twice", tmp_path)
+    assert rank0["found"] == rank1["found"] and rank0["restored"] and rank1["restored"]  # lr_find, then fits
     assert rank0["plain"] == "Sequential" and len(rank0["history"]) == 1
     assert_same_params(rank0["params"], rank1["params"])
 
