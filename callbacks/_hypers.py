@@ -22,13 +22,6 @@ def hyper_keys(group: dict[str, Any]) -> list[tuple[str, str, int | None]]:
     return sorted(keys, key=lambda k: (k[0] != "lr", k[0] != "mom", k[0]))
 
 
-def get_hyper(group: dict[str, Any], name: str) -> float:
-    """Return hyper-parameter `name` of a param group."""
-    if name == "mom":
-        return group["betas"][0] if "betas" in group else group["momentum"]
-    return group[name]
-
-
 def set_hyper(group: dict[str, Any], name: str, value: float) -> None:
     """Set hyper-parameter `name` of a param group (for `mom`, keep the second beta)."""
     if name == "mom" and "betas" in group:

@@ -29,7 +29,7 @@ from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 from loopkit import Callback, CancelFit, CancelValidate
 
 from ._dist import is_main_process
-from ._hypers import get_hyper, hyper_keys, set_hyper
+from ._hypers import hyper_keys, set_hyper
 from ._monitor import Monitor
 from .checkpoint import rng_state, set_rng_state
 

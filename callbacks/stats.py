@@ -221,13 +221,9 @@ class AvgStats(Callback):
                 self.train = stats
             else:
                 self.valid = stats
-        row: dict[str, float] = {"epoch": self.epoch, "train_loss": self.train.loss}
-        if self.train_metrics:
-            row.update({f"train_{k}": self.train.metrics.get(k, math.nan) for k in self.metric_names})
-        if self.learn.valid_dl is not None:
-            row["valid_loss"] = self.valid.loss
-            row.update({k: self.valid.metrics.get(k, math.nan) for k in self.metric_names})
-        self.history.append(row)
+        values = {"epoch": self.epoch, "train_loss": self.train.loss, "valid_loss": self.valid.loss,
+                  **{f"train_{k}": v for k, v in self.train.metrics.items()}, **self.valid.metrics}  # fmt: skip
+        self.history.append({column: values.get(column, math.nan) for column in self.columns})
 
     def state_dict(self) -> dict[str, Any]:
         """Return the history and the latest phases' figures, for checkpoints (a resumed fit continues them)."""

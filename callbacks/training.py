@@ -25,7 +25,6 @@ class TrainEval(Callback):
 
     def before_fit(self) -> None:
         self._grad_was_enabled = torch.is_grad_enabled()
-        self.learn.train_iter = 0
 
     def before_train(self) -> None:
         learn = self.learn

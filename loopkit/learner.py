@@ -257,7 +257,7 @@ class Learner:
             try:
                 method()
             except BaseException as err:
-                err.add_note(f"raised by callback {type(cb).__name__} in event {event!r}")
+                err.add_note(_raised_by(cb, event))
                 raise
 
     def _fire_all(self, event: str) -> BaseException | None:
@@ -267,7 +267,7 @@ class Learner:
             try:
                 method()
             except BaseException as err:
-                err.add_note(f"raised by callback {type(cb).__name__} in event {event!r}")
+                err.add_note(_raised_by(cb, event))
                 first = first or err
         return first
 
@@ -485,6 +485,10 @@ def _flatten(items: Iterable[Any]) -> Iterator[Any]:
             yield from _flatten(item)
         elif item is not None:
             yield item
+
+
+def _raised_by(cb: Callback, event: str) -> str:
+    return f"raised by callback {type(cb).__name__} in event {event!r}"
 
 
 def _length(dl: Any) -> int | None:

@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from loopkit import Callback, CancelFit, Learner
-from loopkit.callbacks import CSVLogger, EarlyStopping, SaveModel
+from loopkit.callbacks import CSVLogger, EarlyStopping
 
 
 def build(out_dir: str) -> Learner:

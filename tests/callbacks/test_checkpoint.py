@@ -16,7 +16,7 @@ from torch import nn
 from loopkit import Callback, Learner
 from loopkit.callbacks import CSVLogger, SaveModel
 from loopkit.callbacks import checkpoint as checkpoint_module
-from tests.conftest import Tracer, batches_of, make_data, make_learner, tiny_model
+from tests.conftest import Tracer, make_learner, tiny_model
 
 ROOT = Path(__file__).resolve().parents[2]
 
