@@ -236,6 +236,8 @@ class SaveModel(Callback):
         self.best_epoch: int | None = None
 
     def before_fit(self) -> None:
+        if self.learn.evaluating:  # an evaluation is not a fit: nothing to save
+            return
         self.monitor.check(self.learn)
         self.best, self.best_epoch = None, None
 
@@ -250,6 +252,8 @@ class SaveModel(Callback):
             self.learn.save(self.path)
 
     def after_fit(self) -> None:
+        if self.learn.evaluating:  # an evaluation is not a fit: nothing to restore
+            return
         if self.restore_best and self.best_epoch is not None and self.path.is_file():
             state = read_checkpoint(self.learn, self.path)
             plain_model(self.model).load_state_dict(state["model"])

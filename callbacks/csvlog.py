@@ -30,6 +30,8 @@ class CSVLogger(Callback):
         self.path = Path(path)
 
     def before_fit(self) -> None:
+        if self.learn.evaluating:  # an evaluation is not a fit: nothing to log
+            return
         if getattr(self.learn, "avg_stats", None) is None:
             raise ValueError("CSVLogger writes the rows of AvgStats' history; add AvgStats (a default callback).")
         self._columns: list[str] | None = None

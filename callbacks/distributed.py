@@ -121,7 +121,9 @@ class Distributed(Callback):
     Writes on the learner: `model` (wrapped in DDP from before_fit to after_fit),
     `train_dl` and `valid_dl` (this rank's shards, for the fit only), `loss`
     (rescaled before backward when a global batch splits unevenly).
-    Publishes: `rank`, `world_size`, `device`, `created_group`, and `global_sizes`
+    Publishes: `rank`, `world_size`, `device`, `created_group`, `sharding` (whether
+    this rank holds a shard of the phase loaders: always in a fit; in an evaluation
+    when the evaluated loader is a DataLoader), and `global_sizes`
     (set at `before_train`: the number of samples, over all ranks, in each global
     training batch of the epoch — `GradientAccumulation` counts its windows in these).
     order = -30: after `Device` (-90) placed the model and before `AvgStats` (-20)
@@ -151,6 +153,7 @@ class Distributed(Callback):
         self.find_unused_parameters = find_unused_parameters
         self.rank, self.world_size, self.device = 0, 1, torch.device("cpu")
         self.created_group = False
+        self.sharding = False
         self.global_sizes: list[int] = []
         self._control: Any = None
         self._samplers: list[ShardBatchSampler] = []
@@ -195,11 +198,20 @@ class Distributed(Callback):
             self._control = dist.new_group(backend="gloo")
         learn = self.learn
         self._loaders = (learn.train_dl, learn.valid_dl)
-        learn.train_dl = shard_loader(learn.train_dl, self.world_size, self.rank, self.seed, "train")
-        if learn.valid_dl is not None:
-            learn.valid_dl = shard_loader(learn.valid_dl, self.world_size, self.rank, self.seed, "valid")
-        self._samplers = [dl.batch_sampler for dl in (learn.train_dl, learn.valid_dl) if dl is not None]  # type: ignore[misc]
+        # An evaluation reads valid_dl (the evaluated loader) alone, and shards it only if it is a
+        # DataLoader: `predict`'s single batch, or a list of batches, is each rank's own.
+        self.sharding = not learn.evaluating or isinstance(learn.valid_dl, DataLoader)
+        if not learn.evaluating:
+            learn.train_dl = shard_loader(learn.train_dl, self.world_size, self.rank, self.seed, "train")
+        if learn.valid_dl is not None and self.sharding:
+            role = "evaluated" if learn.evaluating else "valid"
+            learn.valid_dl = shard_loader(learn.valid_dl, self.world_size, self.rank, self.seed, role)
+        sharded = [learn.valid_dl] if learn.evaluating else [learn.train_dl, learn.valid_dl]
+        self._samplers = [dl.batch_sampler for dl in sharded if dl is not None and self.sharding]  # type: ignore[misc]
         model = learn.model.to(self.device)
+        if learn.evaluating:  # no gradients, so no DDP: the shards' figures are all-reduced by AvgStats
+            learn.model = model
+            return
         # No buffer sync in forward: the only collectives are DDP's gradient all-reduce,
         # the stop agreement and AvgStats' sums, which keeps the agreement protocol simple.
         # (torch 2.13 renamed the switch; older releases only know broadcast_buffers.)
@@ -234,7 +246,8 @@ class Distributed(Callback):
         self._agree_or_stop()
 
     def after_validate(self) -> None:
-        self._agree_or_stop()
+        if self.sharding:  # an unsharded evaluation (one rank's predict) has no peers to agree with
+            self._agree_or_stop()
 
     def _agree(self, stop: bool) -> bool:
         flag = torch.tensor([int(stop)], dtype=torch.int32)
@@ -258,3 +271,4 @@ class Distributed(Callback):
         if self._samplers:
             learn.train_dl, learn.valid_dl = self._loaders
             self._samplers = []
+        self.sharding = False

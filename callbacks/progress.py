@@ -49,7 +49,7 @@ class ProgressBar(Callback):
         self._active = self.enabled and is_main_process()  # under torchrun, rank 0 alone prints
         interactive = master_bar is not ConsoleMasterBar or sys.stdout.isatty()
         self._bars = self._active and interactive
-        if self._bars:
+        if self._bars and not self.learn.evaluating:  # an evaluation shows its batch bar alone
             self._mbar = master_bar(range(self.n_epochs))
             self._mbar.on_iter_begin()
 
@@ -120,7 +120,7 @@ class ProgressBar(Callback):
             self._pbar = None
         if self._mbar is not None:
             self._mbar.on_iter_end()
-            self._mbar = None
+        self._mbar = None
 
 
 def _cell(name: str, value: Any) -> str:

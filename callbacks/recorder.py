@@ -48,6 +48,8 @@ class Recorder(Callback):
         self.scheduled: list[str] = []
 
     def before_fit(self) -> None:
+        if self.learn.evaluating:  # an evaluation is not a fit: nothing to record
+            return
         self._reset()
         scheduler = getattr(self.learn, "param_scheduler", None)
         self.scheduled = list(scheduler.scheds) if scheduler is not None else []

@@ -348,8 +348,10 @@ class ParamScheduler(Callback):
         self._warned = False
 
     def before_fit(self) -> None:
-        groups = self.opt.param_groups
         self._plan = []
+        if self.learn.evaluating:  # an evaluation is not a fit: nothing to schedule
+            return
+        groups = self.opt.param_groups
         for name, funcs in self.scheds.items():
             for g, group in enumerate(groups):
                 if name not in (n for n, _, _ in hyper_keys(group)):
@@ -464,6 +466,8 @@ class TorchScheduler(Callback):
             )
 
     def before_fit(self) -> None:
+        if self.learn.evaluating:  # an evaluation is not a fit: nothing to schedule
+            return
         if self._make is not None:
             for group in self.opt.param_groups:
                 # torch schedulers start from `initial_lr` when a group has one (a previous
@@ -711,10 +715,13 @@ def preserve_state(learn: Learner) -> Iterator[Learner]:
     (`Recorder`'s record, `AvgStats`' history, `EarlyStopping`'s counters), the
     RNG states the data and model draw from, and `learn.opt` itself if it did not
     exist yet. `learn.lr_find` runs its sweep inside this block; `LRFinder` puts
-    back the weights and the optimizer's state.
+    back the weights and the optimizer's state. Gradients present before the block
+    are put back too (a fit leaves none of its own).
     """
     loop = {name: getattr(learn, name) for name in _LOOP_STATE}
     opt = learn.opt
+    # The fit clears every gradient when it ends; gradients from before the sweep come back.
+    grads = [(p, None if p.grad is None else p.grad.detach().clone()) for p in learn.model.parameters()]
     states = [(cb, copy.deepcopy(cb.state_dict())) for cb in learn.cbs if callable(getattr(cb, "state_dict", None))]
     rng = rng_state(learn)
     try:
@@ -722,6 +729,8 @@ def preserve_state(learn: Learner) -> Iterator[Learner]:
     finally:
         for name, value in loop.items():
             setattr(learn, name, value)
+        for param, grad in grads:
+            param.grad = grad
         if opt is None:
             learn.opt = None  # type: ignore[assignment]  # the next fit makes a fresh one, as it would have
         for cb, state in states:

@@ -98,6 +98,14 @@ class WeightedSums:
         return int(count), [s / count if count else math.nan for s in sums]
 
 
+def _sharded(learn: Any) -> bool:
+    # Each rank saw its shard: under DDP in a fit, or with Distributed in an evaluation.
+    if not dist.is_available() or not dist.is_initialized():
+        return False
+    distributed = getattr(learn, "distributed", None)
+    return isinstance(learn.model, DistributedDataParallel) or (distributed is not None and distributed.sharding)
+
+
 def _metric_name(metric: Metric) -> str:
     # functools.partial has no __name__: use the wrapped function's.
     name = getattr(metric, "__name__", None) or getattr(getattr(metric, "func", None), "__name__", None)
@@ -128,8 +136,9 @@ class AvgStats(Callback):
     Events: before_fit, before_epoch, before_train, before_validate, after_loss,
     after_train, after_validate, after_epoch. Reads: training, loss, pred, yb, xb, model, epoch.
     Writes on the learner: nothing.
-    Publishes: `train` and `valid` (`PhaseStats` of the latest phase of each kind),
-    `history` (one dict per epoch: `epoch`, `train_loss`, `train_<metric>` when
+    Publishes: `train` and `valid` (`PhaseStats` of the latest phase of each kind in a
+    fit), `evaluation` (the `PhaseStats` of the latest evaluation: `learn.validate`,
+    `get_preds`, `predict`; a fit's figures and history are left as they were), `history` (one dict per epoch: `epoch`, `train_loss`, `train_<metric>` when
     `train_metrics`, `valid_loss`, `<metric>` when there is a valid loader), and
     `columns` (those keys, known before the first epoch).
     order = -20: its `after_epoch` row is ready before progress bars and loggers read it.
@@ -156,13 +165,14 @@ class AvgStats(Callback):
                 "(for a functools.partial, set its __name__ attribute)."
             )
         self.train_metrics = train_metrics
-        self.train, self.valid = PhaseStats(), PhaseStats()
+        self.train, self.valid, self.evaluation = PhaseStats(), PhaseStats(), PhaseStats()
         self.history: list[dict[str, float]] = []
         self._sums: WeightedSums | None = None
 
     def before_fit(self) -> None:
-        self.history = []
         self._with_metrics = False
+        if not self.learn.evaluating:
+            self.history = []
 
     def _start(self, with_metrics: bool) -> None:
         self._with_metrics = with_metrics and bool(self.metrics)
@@ -180,6 +190,8 @@ class AvgStats(Callback):
 
     def after_loss(self) -> None:
         learn = self.learn  # direct reads: this runs on every batch
+        if learn.loss is None:  # an evaluated batch without targets
+            return
         yb = learn.yb
         first = yb[0] if yb else learn.xb[0]
         n = first.shape[0] if isinstance(first, torch.Tensor) and first.ndim else batch_size(yb or learn.xb)
@@ -194,7 +206,7 @@ class AvgStats(Callback):
         if sums is None:
             return PhaseStats()
         totals = sums.totals()
-        if isinstance(self.model, DistributedDataParallel) and dist.is_initialized():
+        if _sharded(self.learn):
             dist.all_reduce(totals)
         count, means = WeightedSums.means(totals)
         names = self.metric_names if self._with_metrics else []
@@ -204,7 +216,10 @@ class AvgStats(Callback):
         self.train = self._finish()
 
     def after_validate(self) -> None:
-        self.valid = self._finish()
+        if self.learn.evaluating:
+            self.evaluation = self._finish()
+        else:
+            self.valid = self._finish()
 
     @property
     def columns(self) -> list[str]:

@@ -37,6 +37,8 @@ class EarlyStopping(Callback):
         self.stopped_epoch: int | None = None
 
     def before_fit(self) -> None:
+        if self.learn.evaluating:  # an evaluation is not a fit: nothing to watch
+            return
         self.monitor.check(self.learn)
         self.best, self.best_epoch, self.wait, self.stopped_epoch = None, None, 0, None
 
@@ -87,6 +89,8 @@ class TerminateOnNaN(Callback):
 
     def after_loss(self) -> None:
         learn = self.learn
+        if learn.evaluating:  # an evaluation reports what it sees; it has no fit to stop
+            return
         if learn.iter % self.check_every == 0 and not bool(torch.isfinite(learn.loss.detach()).all()):
             phase = "train" if learn.training else "valid"
             self.stopped_at = (learn.epoch, learn.iter, phase)

@@ -14,6 +14,7 @@ so a cancel unwinds the stages inside it without their `after_*` events, and
 from __future__ import annotations
 
 import contextlib
+import math
 import numbers
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from ._interrupt import StepGuard
 from .callback import Callback
 from .events import (
     EVENTS,
@@ -38,6 +40,7 @@ from .events import (
 
 if TYPE_CHECKING:
     from loopkit.callbacks.schedule import LRFindResult
+    from loopkit.callbacks.stats import PhaseStats
 
 Batch = tuple[Any, ...] | list[Any]
 OptFunc = Callable[..., torch.optim.Optimizer]
@@ -45,7 +48,7 @@ Metric = Callable[..., torch.Tensor]
 
 _STATE_DEFAULTS: dict[str, Any] = dict(
     n_epochs=0, start_epoch=0, epoch=0, training=False, dl=None, iter=0, n_iter=None, train_iter=0,
-    pct_train=0.0, batch=None, xb=(), yb=(), pred=None, loss=None,
+    pct_train=0.0, batch=None, xb=(), yb=(), pred=None, loss=None, evaluating=False,
 )  # fmt: skip
 
 
@@ -88,7 +91,8 @@ class Learner:
     xb: tuple[Any, ...]
     yb: tuple[Any, ...]
     pred: Any
-    loss: torch.Tensor  # None until the first batch
+    loss: torch.Tensor  # None until the first batch, and for batches without targets
+    evaluating: bool  # True during validate, get_preds and predict
 
     def __init__(
         self,
@@ -98,7 +102,7 @@ class Learner:
         opt_func: OptFunc = torch.optim.SGD,
         lr: float = 1e-2,
         cbs: Callback | Iterable[Callback] | None = None,
-        metrics: Sequence[Metric] | None = None,
+        metrics: Metric | Sequence[Metric] | None = None,
         n_inp: int = 1,
         default_cbs: bool = True,
         distributed: bool = False,
@@ -106,17 +110,20 @@ class Learner:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+        if isinstance(loss_func, type):
+            raise TypeError(
+                f"loss_func is the class {loss_func.__name__}; pass an instance ({loss_func.__name__}()) "
+                "or a function such as F.cross_entropy."
+            )
         if not callable(loss_func):
             raise TypeError(f"loss_func must be callable, e.g. F.cross_entropy; got {loss_func!r}.")
         if not callable(opt_func):
             raise TypeError(f"opt_func must build an optimizer, e.g. torch.optim.SGD; got {opt_func!r}.")
-        if not isinstance(lr, numbers.Real) or isinstance(lr, bool) or not lr >= 0:
-            raise ValueError(f"lr must be a number >= 0, got {lr!r}.")
+        _check_lr(lr, "lr")
         if not isinstance(n_inp, int) or isinstance(n_inp, bool) or n_inp < 1:
             raise ValueError(f"n_inp is the number of inputs in a batch and must be an int >= 1, got {n_inp!r}.")
-        for metric in metrics or ():
-            if not callable(metric):
-                raise TypeError(f"each metric must be a function f(pred, *yb) -> tensor; got {metric!r}.")
+        if metrics is not None and not isinstance(metrics, (list, tuple)):
+            metrics = [metrics]  # one metric, as cbs takes one callback
         self.model, self.loss_func, self.opt_func, self.lr, self.n_inp = model, loss_func, opt_func, lr, n_inp
         self.dls = dls  # also sets train_dl and valid_dl
         self.opt = None  # type: ignore[assignment]  # made at the start of the first fit
@@ -124,14 +131,23 @@ class Learner:
         self.cbs = []
         self._by_name: dict[str, Callback] = {}
         self._dispatch: dict[str, list[tuple[Callback, Callable[[], None]]]] = {e: [] for e in EVENTS}
+        self._warned_returns: set[tuple[type, str]] = set()
+        self._step_guard = StepGuard()
+        self._evaluation = ""
 
         from loopkit.callbacks import AvgStats, Device, Distributed, ProgressBar, Recorder, TrainEval
 
+        given = list(_flatten([cbs]))
         defaults: list[Callback] = [TrainEval()]
         if default_cbs:
-            defaults += [AvgStats(metrics), Recorder(), ProgressBar()]
-        elif metrics:
-            raise ValueError("metrics are computed by AvgStats; with default_cbs=False add AvgStats(metrics) to cbs.")
+            # A default the user passes in cbs (say AvgStats(metrics, train_metrics=True)) replaces ours.
+            defaults += [cb for cb in (AvgStats(metrics), Recorder(), ProgressBar())
+                         if not any(type(other) is type(cb) for other in given)]  # fmt: skip
+        if metrics and not any(isinstance(cb, AvgStats) and cb.metrics == list(metrics) for cb in defaults):
+            raise ValueError(
+                "metrics are computed by AvgStats, and this learner's AvgStats is one you passed in cbs "
+                "(or default_cbs=False); give the metrics to it: AvgStats(metrics, ...)."
+            )
         if device is not None:
             defaults.append(Device(device))
         if distributed:
@@ -142,7 +158,7 @@ class Learner:
                 "is off, so every process trains alone on all the data; pass Learner(..., distributed=True).",
                 stacklevel=2,
             )
-        self.add_cbs(defaults, cbs)
+        self.add_cbs(defaults, given)
 
     @property
     def dls(self) -> Any:
@@ -255,10 +271,21 @@ class Learner:
     def _fire(self, event: str) -> None:
         for cb, method in self._dispatch[event]:
             try:
-                method()
+                returned = method()
             except BaseException as err:
                 err.add_note(_raised_by(cb, event))
                 raise
+            if returned is not None:
+                self._warn_return(cb, event, returned)
+
+    def _warn_return(self, cb: Callback, event: str, returned: Any) -> None:
+        if (type(cb), event) not in self._warned_returns:
+            self._warned_returns.add((type(cb), event))
+            warnings.warn(
+                f"{type(cb).__name__}.{event} returned {returned!r}, which loopkit ignores: the loop changes "
+                "course only by exception. To stop, raise a cancel exception (e.g. raise CancelFit).",
+                stacklevel=3,
+            )
 
     def _fire_all(self, event: str) -> BaseException | None:
         # Cleanup runs every callback even if one fails; the first error is returned.
@@ -273,19 +300,31 @@ class Learner:
 
     def _split_batch(self) -> None:
         batch, n_inp = self.batch, self.n_inp
-        if not isinstance(batch, (tuple, list)) or len(batch) <= n_inp:
+        if isinstance(batch, torch.Tensor) and n_inp == 1 and self.evaluating:
+            batch = self.batch = (batch,)  # unlabelled data: a bare tensor of inputs
+        if not isinstance(batch, (tuple, list)) or len(batch) < n_inp + (not self.evaluating):
             got = f"a {type(batch).__name__} of {len(batch)} items" if isinstance(batch, (tuple, list)) else f"a {type(batch).__name__}"
             raise TypeError(
                 f"a batch must be a tuple or list of the {n_inp} input(s) followed by the target(s), got {got}; "
-                "yield (x, y) pairs from the loader, or set n_inp to the number of inputs."
+                "yield (x, y) pairs from the loader, or set n_inp to the number of inputs. "
+                "(Batches of inputs only are fine for get_preds and predict.)"
             )
         self.xb, self.yb = tuple(batch[:n_inp]), tuple(batch[n_inp:])
 
-    def _phases(self) -> list[tuple[bool, str, type[CancelException], Iterable[Batch]]]:
-        phases: list[tuple[bool, str, type[CancelException], Iterable[Batch]]] = [(True, "train", CancelTrain, self.train_dl)]
-        if self.valid_dl is not None:
-            phases.append((False, "validate", CancelValidate, self.valid_dl))
-        return phases
+    def _where(self) -> str:
+        if self.evaluating:
+            return f"in an evaluation (learn.{self._evaluation}), batch {self.iter}"
+        return f"in epoch {self.epoch}, {'training' if self.training else 'validation'} batch {self.iter}"
+
+    def create_opt(self) -> torch.optim.Optimizer:
+        """Make `learn.opt` from `opt_func` and `lr` if there is none yet, and return it.
+
+        The first fit does this for you; call it earlier to build something on the
+        optimizer before training, such as a torch lr scheduler.
+        """
+        if self.opt is None:
+            self.opt = self.opt_func(self.model.parameters(), lr=self.lr)
+        return self.opt
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -294,89 +333,205 @@ class Learner:
         """Train for `n_epochs` epochs, firing every event of the loop.
 
         `cbs` are added for this fit only and removed afterwards, also on error.
-        `lr` sets the learning rate of every param group for this fit. `resume` is a
-        checkpoint written at the end of an epoch (`save`, `SaveModel`): after
-        `before_fit`, the model, optimizer, callbacks' state, RNG states and position
-        are restored from it, and the fit continues with the epoch after the saved one
-        (`start_epoch`), as if it had never stopped when `n_epochs` is the same.
-        A cancel exception ends its stage; any other exception ends the fit after
-        `after_fit` has run, and propagates.
+        `lr` sets the learning rate of every param group for this fit. Hyper-parameters
+        are per fit: when the fit ends (normally, by a cancel or by an error) every
+        hyper of every param group is back at its value from before the fit, and no
+        gradient is left in `.grad`. `resume` is a checkpoint written by `save` or
+        `SaveModel`: after `before_fit`, the model, optimizer, callbacks' state, RNG
+        states and position are restored from it, and the fit continues with the epoch
+        after the saved one (`start_epoch`), as if it had never stopped when `n_epochs`
+        is the same. A cancel exception ends its stage; any other exception ends the
+        fit after `after_fit` has run, and propagates.
         """
         if not isinstance(n_epochs, int) or isinstance(n_epochs, bool) or n_epochs < 1:
             raise ValueError(f"n_epochs must be an int >= 1, got {n_epochs!r}.")
-        if lr is not None and (not isinstance(lr, numbers.Real) or isinstance(lr, bool) or not lr >= 0):
-            raise ValueError(f"fit(lr=...) must be a number >= 0, got {lr!r}.")
+        if lr is not None:
+            _check_lr(lr, "fit(lr=...)")
+        _check_loader(self.train_dl, "train")
         per_fit = list(_flatten([cbs]))
         self.add_cbs(per_fit)
         try:
-            if self.opt is None:
-                self.opt = self.opt_func(self.model.parameters(), lr=self.lr)
-            if lr is not None:
-                for group in self.opt.param_groups:
-                    group["lr"] = lr
-            checkpoint = self._read_resume(resume, n_epochs) if resume is not None else None
-            self.n_epochs, self.epoch, self.train_iter, self.pct_train = n_epochs, 0, 0, 0.0
-            self.start_epoch = checkpoint["epoch"] + 1 if checkpoint is not None else 0
+            opt = self.create_opt()
+            hypers = [{k: v for k, v in group.items() if k != "params"} for group in opt.param_groups]
             try:
-                try:
-                    self._fire("before_fit")
+                if lr is not None:
+                    for group in opt.param_groups:
+                        group["lr"] = lr
+                checkpoint = self._read_resume(resume, n_epochs) if resume is not None else None
+                self.n_epochs, self.epoch, self.train_iter, self.pct_train = n_epochs, 0, 0, 0.0
+                self.start_epoch = checkpoint["epoch"] + 1 if checkpoint is not None else 0
+                self.evaluating = False
+                with self._step_guard:
+                    self._do_fit(checkpoint)
+            finally:
+                for group, saved in zip(opt.param_groups, hypers):  # hyper-parameters are per fit
+                    params = group["params"]
+                    group.clear()
+                    group.update(saved, params=params)
+                self.model.zero_grad(set_to_none=True)  # no gradient outlives the fit that made it
+        finally:
+            self.remove_cbs([cb for cb in per_fit if cb.learn is self])
+
+    def _do_fit(self, checkpoint: dict[str, Any] | None) -> None:
+        # The fit stage, shared by fits and evaluations: an evaluation is one validation phase.
+        try:
+            try:
+                self._fire("before_fit")
+                if self.evaluating:
+                    self._do_phase(False, "validate", CancelValidate, self.valid_dl)
+                else:
                     if checkpoint is not None:  # after before_fit, so callbacks' resets don't undo it
                         self._apply_resume(checkpoint)
                     for self.epoch in range(self.start_epoch, self.n_epochs):
-                        try:
-                            self._fire("before_epoch")
-                            for self.training, stage, cancel, self.dl in self._phases():
-                                self.n_iter = _length(self.dl)
-                                try:
-                                    self._fire("before_" + stage)
-                                    for self.iter, self.batch in enumerate(self.dl):
-                                        try:
-                                            self._split_batch()
-                                            self._fire("before_batch")
-                                            self.pred = self.model(*self.xb)
-                                            self._fire("after_pred")
-                                            self.loss = self.loss_func(self.pred, *self.yb)
-                                            if getattr(self.loss, "ndim", None) != 0:
-                                                raise ValueError(_loss_error(self.loss))
-                                            self._fire("after_loss")
-                                            if self.training:
-                                                try:
-                                                    self._fire("before_backward")
-                                                    self.loss.backward()
-                                                except CancelBackward:
-                                                    self._fire("after_cancel_backward")
-                                                    self._fire("after_backward")
-                                                else:
-                                                    self._fire("after_backward")
-                                                    try:
-                                                        self._fire("before_step")
-                                                        self.opt.step()
-                                                        self.opt.zero_grad()
-                                                    except CancelStep:
-                                                        self._fire("after_cancel_step")
-                                                    self._fire("after_step")
-                                        except CancelBatch:
-                                            self._fire("after_cancel_batch")
-                                        self._fire("after_batch")
-                                except cancel:
-                                    self._fire("after_cancel_" + stage)
-                                self._fire("after_" + stage)
-                        except CancelEpoch:
-                            self._fire("after_cancel_epoch")
-                        self._fire("after_epoch")
-                except CancelFit:
-                    self._fire("after_cancel_fit")
-            except BaseException as err:
-                _note_misplaced_cancel(err)
-                cleanup_error = self._fire_all("after_fit")
-                if cleanup_error is not None:
-                    err.add_note(f"after_fit also failed during cleanup: {cleanup_error!r}")
-                raise
+                        self._do_epoch()
+            except CancelFit:
+                self._fire("after_cancel_fit")
+        except BaseException as err:
+            _note_misplaced_cancel(err)
             cleanup_error = self._fire_all("after_fit")
             if cleanup_error is not None:
-                raise cleanup_error
+                err.add_note(f"after_fit also failed during cleanup: {cleanup_error!r}")
+            raise
+        cleanup_error = self._fire_all("after_fit")
+        if cleanup_error is not None:
+            raise cleanup_error
+
+    def _do_epoch(self) -> None:
+        try:
+            self._fire("before_epoch")
+            self._do_phase(True, "train", CancelTrain, self.train_dl)
+            if self.valid_dl is not None:
+                self._do_phase(False, "validate", CancelValidate, self.valid_dl)
+        except CancelEpoch:
+            self._fire("after_cancel_epoch")
+        self._fire("after_epoch")
+
+    def _do_phase(self, training: bool, stage: str, cancel: type[CancelException], dl: Iterable[Batch] | None) -> None:
+        self.training, self.dl = training, dl
+        self.n_iter = _length(dl)
+        try:
+            self._fire("before_" + stage)
+            empty = True
+            for self.iter, self.batch in enumerate(self.dl):  # type: ignore[arg-type]  # callbacks may replace dl
+                empty = False
+                self._do_batch()
+            if empty:
+                raise ValueError(_empty_error("train" if training else "evaluated" if self.evaluating else "valid"))
+        except cancel:
+            self._fire("after_cancel_" + stage)
+        self._fire("after_" + stage)
+
+    def _do_batch(self) -> None:
+        try:
+            self._split_batch()
+            self._fire("before_batch")
+            self.pred = self.model(*self.xb)
+            self._fire("after_pred")
+            # A batch without targets (only in evaluations) has no loss.
+            self.loss = self.loss_func(self.pred, *self.yb) if self.yb else None  # type: ignore[assignment]
+            if self.yb and getattr(self.loss, "ndim", None) != 0:
+                raise ValueError(_loss_error(self.loss))
+            self._fire("after_loss")
+            if self.training:
+                try:
+                    self._fire("before_backward")
+                    self.loss.backward()
+                except CancelBackward:
+                    self._fire("after_cancel_backward")
+                    self._fire("after_backward")
+                else:
+                    self._fire("after_backward")
+                    try:
+                        self._fire("before_step")
+                        guard = self._step_guard  # Ctrl-C waits until the step is whole
+                        guard.stepping = True
+                        self.opt.step()
+                        self.opt.zero_grad()
+                        guard.step_done()
+                    except CancelStep:
+                        self._fire("after_cancel_step")
+                    self._fire("after_step")
+        except CancelBatch:
+            self._fire("after_cancel_batch")
+        except CancelException:
+            raise
+        except Exception as err:
+            err.add_note(f"raised {self._where()}")
+            raise
+        self._fire("after_batch")
+
+    # -- evaluations ----------------------------------------------------------------------
+
+    def validate(self, dl: Iterable[Batch] | None = None, cbs: Callback | Iterable[Callback] | None = None) -> PhaseStats:
+        """Return the loss and metrics over `dl` (default: the valid loader), weighted by batch size.
+
+        Runs an evaluation (see `get_preds`) with the metrics of `learn.avg_stats`
+        (a bare learner gets an `AvgStats` without metrics for the evaluation); the
+        figures are also kept as `learn.avg_stats.evaluation`.
+        """
+        from loopkit.callbacks import AvgStats
+
+        stats = getattr(self, "avg_stats", None)
+        extra: list[Callback] = []
+        if not isinstance(stats, AvgStats):
+            stats = AvgStats()
+            stats.name = "evaluation_stats"
+            extra.append(stats)
+        self._evaluate(dl, [*extra, *_flatten([cbs])], "validate")
+        return stats.evaluation
+
+    def get_preds(self, dl: Iterable[Batch] | None = None, with_input: bool = False, with_loss: bool = False,
+                  act: Callable[[Any], Any] | None = None, cbs: Callback | Iterable[Callback] | None = None) -> tuple[Any, ...]:
+        """Return `(pred, targ)` over `dl` (default: the valid loader), in the loader's order, on the CPU.
+
+        An evaluation: `before_fit`, the validation phase over `dl` with its batch
+        events, `after_fit`, with `learn.evaluating` true, under `torch.no_grad()` and
+        `model.eval()`; the model's modes and the learner's state are put back after.
+        `pred` keeps the model output's structure (tensor, tuple, dict), with `act`
+        applied to it; `targ` is the target (a tuple when there are several, `None`
+        when the batches have only inputs). `with_input` puts the inputs first:
+        `(inp, pred, targ)`; `with_loss` appends the per-sample losses, from
+        `loss_func(pred, *yb, reduction="none")` averaged over all but the first
+        dimension (a `ValueError` says so before the evaluation when `loss_func`
+        takes no `reduction`).
+        """
+        from loopkit.callbacks.evaluation import GatherPreds
+
+        gather = GatherPreds(with_input=with_input, with_loss=with_loss, act=act)
+        self._evaluate(dl, [gather, *_flatten([cbs])], "get_preds")
+        return gather.result
+
+    def predict(self, xb: Any, act: Callable[[Any], Any] | None = None) -> Any:
+        """Return the model's output for one batch of inputs `xb` (a tensor, or a tuple of `n_inp`).
+
+        An evaluation of the one batch (see `get_preds`): the inputs go to the model's
+        device and the output comes back to the inputs' device, with `act` applied.
+        """
+        from loopkit.callbacks.evaluation import GatherPreds, predict_batch
+
+        batch, home = predict_batch(self, xb)
+        gather = GatherPreds(act=act, to_cpu=False)
+        self._evaluate([batch], [gather], "predict")
+        return gather.result_to(home)
+
+    def _evaluate(self, dl: Iterable[Batch] | None, cbs: list[Callback], name: str) -> None:
+        if dl is None:
+            dl = self.valid_dl
+            if dl is None:
+                raise ValueError(f"{name}: this learner has no valid loader; pass the loader to evaluate as dl=...")
+        _check_loader(dl, "evaluated")
+        saved = {key: self.__dict__[key] for key in (*_STATE_DEFAULTS, "valid_dl")}
+        modes = [(module, module.training) for module in self.model.modules()]
+        self.add_cbs(cbs)
+        try:
+            # valid_dl is the evaluated loader for the evaluation, so Distributed shards it.
+            self.evaluating, self.valid_dl, self.training, self._evaluation = True, dl, False, name
+            self._do_fit(None)
         finally:
-            self.remove_cbs([cb for cb in per_fit if cb.learn is self])
+            self.remove_cbs([cb for cb in cbs if cb.learn is self])
+            self.__dict__.update(saved)
+            for module, mode in modes:
+                module.training = mode
 
 
     # -- checkpoints ----------------------------------------------------------------------
@@ -470,12 +625,16 @@ class Learner:
         finder = LRFinder(start_lr, end_lr, num_it, stop_div)
         # The sweep is not training: loggers, checkpoints and early stopping sit it out.
         paused = [cb for cb in self.cbs if isinstance(cb, (CSVLogger, EarlyStopping, SaveModel))]
+        before = list(self.cbs)
         self.remove_cbs(paused)
         try:
             with preserve_state(self):
                 self.fit(finder.epochs_for(self.train_dl), cbs=[finder, *_flatten([cbs])])
         finally:
             self.add_cbs(paused)
+            # Re-added callbacks go last among equal orders: put every callback back where it was.
+            self.cbs.sort(key=lambda cb: before.index(cb) if cb in before else len(before))
+            self._sort_cbs()
         return finder.result
 
 
@@ -497,6 +656,28 @@ def _length(dl: Any) -> int | None:
         return len(dl)
     except TypeError:
         return None
+
+
+def _check_lr(lr: Any, what: str) -> None:
+    if not isinstance(lr, numbers.Real) or isinstance(lr, bool) or not (lr >= 0 and math.isfinite(lr)):
+        raise ValueError(f"{what} must be a finite number >= 0, got {lr!r}; e.g. 1e-3 (find one with learn.lr_find()).")
+
+
+def _check_loader(dl: Any, role: str) -> None:
+    if isinstance(dl, Iterator):
+        raise TypeError(
+            f"the {role} loader is a one-shot iterator ({type(dl).__name__}), which would be empty after its "
+            "first pass; pass something iterable again and again, such as a list of batches or a DataLoader."
+        )
+    if _length(dl) == 0:
+        raise ValueError(_empty_error(role))
+
+
+def _empty_error(role: str) -> str:
+    return (
+        f"the {role} loader yields no batches; give it data (with drop_last=True, a dataset smaller "
+        "than one batch yields none: use a smaller batch_size or drop_last=False)."
+    )
 
 
 def _looks_like_batch(item: Any) -> bool:

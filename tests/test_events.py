@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from hypothesis import example, given
 from hypothesis import strategies as st
 
@@ -18,6 +19,10 @@ from loopkit import (
 )
 from loopkit.events import CANCELS
 from tests.conftest import Tracer, make_learner
+
+# The contract's learner state (docs/state.md), which an evaluation leaves as it found it.
+STATE = ("n_epochs", "start_epoch", "epoch", "training", "dl", "iter", "n_iter", "train_iter", "pct_train",
+         "batch", "xb", "yb", "pred", "loss", "evaluating", "train_dl", "valid_dl", "model", "opt")  # fmt: skip
 
 BATCH_TRAIN = ["before_batch", "after_pred", "after_loss", "before_backward", "after_backward",
                "before_step", "after_step", "after_batch"]  # fmt: skip
@@ -70,7 +75,7 @@ class Boom(Exception):
     """A bug in a callback."""
 
 
-fit_shapes = st.tuples(st.integers(1, 3), st.integers(0, 3), st.none() | st.integers(0, 3))
+fit_shapes = st.tuples(st.integers(1, 3), st.integers(1, 3), st.none() | st.integers(1, 3))
 
 
 @given(shape=fit_shapes, data=st.data())
@@ -121,14 +126,70 @@ def test_examples_from_the_cancel_table():
         assert tracer.trace[start : start + len(window)] == window, error
 
 
-def test_cancel_step_keeps_gradients():
+def test_cancel_step_keeps_gradients_within_the_fit():
+    seen = []
+
     class SkipStep(Tracer):
         def before_step(self):
-            raise CancelStep
+            if self.iter == 0:
+                raise CancelStep
 
-    learn = make_learner(1, None)
+        def before_batch(self):  # the kept gradients are there when the next batch starts
+            seen.append([p.grad is not None and bool(p.grad.abs().sum() > 0) for p in self.model.parameters()])
+
+    learn = make_learner(2, None)
+    before = [p.detach().clone() for p in learn.model.parameters()]
+    learn.opt = torch.optim.SGD(learn.model.parameters(), lr=0.1)
+    steps = []
+    learn.opt.register_step_post_hook(lambda opt, args, kwargs: steps.append(1))
     learn.fit(1, cbs=[SkipStep()])
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in learn.model.parameters())
+    assert seen == [[False, False], [True, True]]
+    assert len(steps) == 1  # the cancelled step did not run; the second batch's did
+    assert not all(torch.equal(b, p) for b, p in zip(before, learn.model.parameters()))
+
+
+def eval_trace(n_batches: int) -> list[str]:
+    """The trace of an uncancelled evaluation (validate, get_preds, predict), from docs/loop.md."""
+    return ["before_fit", "before_validate"] + BATCH_VALID * n_batches + ["after_validate", "after_fit"]
+
+
+@given(n_batches=st.integers(1, 3), method=st.sampled_from(["validate", "get_preds"]), data=st.data())
+def test_evaluation_trace_follows_contract_for_any_cancel_point(n_batches, method, data):
+    full = eval_trace(n_batches)
+    pos = data.draw(st.integers(0, len(full) - 1), label="raise at trace position")
+    error = data.draw(st.sampled_from([*CANCELS, Boom]), label="exception")
+    event = full[pos]
+    tracer = Tracer(event, at=full[:pos].count(event), error=error)
+    learn = make_learner(2, n_batches, cbs=[tracer])
+    state = {k: v for k, v in vars(learn).items() if k in STATE}
+    want, raises = expected(full, pos, error)
+    if raises:
+        with pytest.raises(error):
+            getattr(learn, method)()
+    else:
+        getattr(learn, method)()
+    assert tracer.trace == want
+    assert {k: v for k, v in vars(learn).items() if k in STATE} == state  # put back, also after an error
+    assert learn.model.training and torch.is_grad_enabled()
+    tracer.trace = []
+    learn.fit(1)  # still usable, and the fit's own grammar holds
+    assert tracer.trace == full_trace(1, 2, n_batches)
+
+
+@given(n_batches=st.integers(1, 3), n_valid=st.none() | st.integers(1, 2))
+def test_uncancelled_evaluation_fires_before_fit_one_validation_phase_and_after_fit(n_batches, n_valid):
+    tracer = Tracer()
+    learn = make_learner(1, n_valid, cbs=[tracer])
+    x, y = torch.randn(4 * n_batches, 4), torch.randint(0, 3, (4 * n_batches,))
+    for call in (lambda: learn.validate(list(zip(x.split(4), y.split(4)))),
+                 lambda: learn.get_preds(list(zip(x.split(4), y.split(4)))),
+                 lambda: learn.get_preds([(xb,) for xb in x.split(4)])):  # fmt: skip
+        tracer.trace = []
+        call()
+        assert tracer.trace == eval_trace(n_batches)
+    tracer.trace = []
+    learn.predict(x[:3])
+    assert tracer.trace == eval_trace(1)
 
 
 def test_misplaced_cancel_is_an_error_with_a_hint():

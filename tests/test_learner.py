@@ -65,7 +65,9 @@ def test_n_epochs_must_be_a_positive_int(n_epochs):
         (dict(model=lambda x: x), TypeError, "torch.nn.Module"),
         (dict(loss_func=3), TypeError, "loss_func must be callable"),
         (dict(opt_func="sgd"), TypeError, "opt_func must build an optimizer"),
-        (dict(lr=-1.0), ValueError, "lr must be a number >= 0"),
+        (dict(lr=-1.0), ValueError, "lr must be a finite number >= 0"),
+            (dict(lr=float("inf")), ValueError, "lr must be a finite number >= 0, got inf"),
+            (dict(loss_func=nn.CrossEntropyLoss), TypeError, r"pass an instance \(CrossEntropyLoss\(\)\)"),
         (dict(n_inp=0), ValueError, "n_inp"),
         (dict(metrics=["accuracy"]), TypeError, "each metric must be a function"),
     ],
@@ -256,8 +258,15 @@ def test_fit_lr_sets_every_param_group():
     learn = make_learner()
     learn.model = model
     learn.opt = torch.optim.SGD([{"params": [model.weight]}, {"params": [model.bias], "lr": 5.0}], lr=1.0)
-    learn.fit(1, lr=0.125)
-    assert [g["lr"] for g in learn.opt.param_groups] == [0.125, 0.125]
+    seen = []
+
+    class ReadLr(Callback):
+        def before_step(self):
+            seen.append([g["lr"] for g in self.opt.param_groups])
+
+    learn.fit(1, lr=0.125, cbs=[ReadLr()])
+    assert seen and all(lrs == [0.125, 0.125] for lrs in seen)
+    assert [g["lr"] for g in learn.opt.param_groups] == [1.0, 5.0]  # hyper-parameters are per fit
 
 
 def test_same_updates_as_a_raw_pytorch_loop():

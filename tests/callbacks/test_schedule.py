@@ -264,10 +264,11 @@ def test_mom_is_momentum_for_sgd_and_the_first_beta_for_adam():
         learn = two_groups(make_learner(2, None, cbs=[Recorder()]), opt)
         learn.fit(1, cbs=[ParamScheduler({"mom": [sched_lin(0.9, 0.8), sched_lin(0.7, 0.6)]})])
         assert learn.recorder.hps["mom"] == [pytest.approx([0.9, 0.85]), pytest.approx([0.7, 0.65])]
-        if opt == "adam":  # the second beta is kept
-            assert [g["betas"] for g in learn.opt.param_groups] == [(pytest.approx(0.85), 0.999), (pytest.approx(0.65), 0.999)]
+        # Hyper-parameters are per fit: after it every group has its own values back.
+        if opt == "adam":
+            assert [g["betas"] for g in learn.opt.param_groups] == [(0.9, 0.999), (0.9, 0.999)]
         else:
-            assert [g["momentum"] for g in learn.opt.param_groups] == pytest.approx([0.85, 0.65])
+            assert [g["momentum"] for g in learn.opt.param_groups] == [0.9, 0.9]
 
 
 @pytest.mark.parametrize(
@@ -361,9 +362,11 @@ def test_fit_one_cycle_makes_the_optimizer_sets_wd_and_adds_its_scheduler_for_on
     assert not any(isinstance(cb, ParamScheduler) for cb in learn.cbs)
     fig = learn.recorder.plot_sched()
     assert [ax.get_title() for ax in fig.axes] == ["lr", "mom", "weight_decay"]  # every scheduled name
-    last_mom = learn.recorder.moms[-1]
+    assert [(g["lr"], g["betas"], g["weight_decay"]) for g in learn.opt.param_groups] == [(0.01, (0.9, 0.999), 0.01)]
     learn.fit_one_cycle(1, [0.01], moms=None)  # again, with a per-group list and momentum left alone
-    assert learn.recorder.moms == [last_mom] * 3 and len(set(learn.recorder.lrs)) == 3
+    # The first fit's hypers did not leak: AdamW's own first beta and weight decay are back.
+    assert learn.recorder.moms == [0.9] * 3 and len(set(learn.recorder.lrs)) == 3
+    assert learn.recorder.hps["weight_decay"] == [[0.01] * 3]
 
 
 @pytest.mark.parametrize(
