@@ -302,7 +302,8 @@ class Learner:
         batch, n_inp = self.batch, self.n_inp
         if isinstance(batch, torch.Tensor) and n_inp == 1 and self.evaluating:
             batch = self.batch = (batch,)  # unlabelled data: a bare tensor of inputs
-        if not isinstance(batch, (tuple, list)) or len(batch) < n_inp + (not self.evaluating):
+        needs_targets = not self.evaluating or self._evaluation == "validate"
+        if not isinstance(batch, (tuple, list)) or len(batch) < n_inp + needs_targets:
             got = f"a {type(batch).__name__} of {len(batch)} items" if isinstance(batch, (tuple, list)) else f"a {type(batch).__name__}"
             raise TypeError(
                 f"a batch must be a tuple or list of the {n_inp} input(s) followed by the target(s), got {got}; "
@@ -519,6 +520,13 @@ class Learner:
             dl = self.valid_dl
             if dl is None:
                 raise ValueError(f"{name}: this learner has no valid loader; pass the loader to evaluate as dl=...")
+        if hasattr(dl, "train") and hasattr(dl, "valid"):
+            raise TypeError(f"{name} evaluates one loader, got a pair of loaders ({type(dl).__name__}); pass dls.valid.")
+        if not isinstance(dl, Iterable) or isinstance(dl, (torch.Tensor, str)):
+            raise TypeError(
+                f"{name}(dl=...) takes a loader (an iterable of batches, such as a DataLoader), got "
+                f"{type(dl).__name__}; for one batch of inputs use learn.predict(x)."
+            )
         _check_loader(dl, "evaluated")
         saved = {key: self.__dict__[key] for key in (*_STATE_DEFAULTS, "valid_dl")}
         modes = [(module, module.training) for module in self.model.modules()]
