@@ -22,7 +22,7 @@ from loopkit import Callback, CancelFit, Learner
 from loopkit.callbacks import CSVLogger, EarlyStopping, SaveModel
 
 SIZES = {"equiv": (48, 16), "stats": (37, 23), "merge": (33, 5), "io": (40, 12), "stop": (40, 12), "error": (40, 12),
-         "accum": (37, 12), "twice": (40, 12)}  # fmt: skip
+         "accum": (37, 12), "twice": (40, 12), "eval": (37, 23)}  # fmt: skip
 
 
 def data(mode: str) -> tuple[TensorDataset, TensorDataset]:
@@ -110,6 +110,15 @@ def main(mode: str, out_dir: str) -> None:
     elif mode == "resume":
         learn = build("io", bs=4, distributed=True, cbs=[CSVLogger(out / "history.csv")], shuffle=True)
         learn.fit(4, resume=out / "ckpt_epoch1.pt")
+    elif mode == "eval":  # evaluations after a fit: global figures, every sample once, in order
+        learn = build(mode, bs=4, distributed=True)
+        learn.fit(1)
+        stats = learn.validate()
+        inp, pred, targ, losses = learn.get_preds(with_input=True, with_loss=True)
+        x = torch.randn(3 + rank, 5, dtype=torch.float64)  # predict is each rank's own batch
+        result.update(stats=(stats.loss, stats.metrics, stats.count), inp=inp, pred=pred, targ=targ, losses=losses,
+                      predict_in=x, predict_out=learn.predict(x), n_history=len(learn.avg_stats.history),
+                      train_dl=type(learn.train_dl).__name__)  # fmt: skip
     elif mode == "stop":
         learn = build(mode, bs=4, distributed=True, cbs=[RaiseOnRank(1, epoch=1, at=2, error=CancelFit), EarlyStopping(patience=9)])
         learn.fit(5)

@@ -119,6 +119,29 @@ def test_rank_zero_alone_writes_and_a_two_rank_resume_continues_exactly(tmp_path
     assert (resumed / "history.csv").read_text() == (straight / "history.csv").read_text()
 
 
+def test_evaluations_give_global_figures_and_every_sample_once_in_order_on_every_rank(tmp_path):
+    rank0, rank1 = launched("eval", tmp_path)
+    assert_same_params(rank0["params"], rank1["params"])
+    single = build("eval", bs=8, distributed=False)
+    with torch.no_grad():
+        for p, q in zip(single.model.parameters(), rank0["params"]):
+            p.copy_(q)
+    loss, metrics, count = rank0["stats"]
+    want = single.validate()
+    assert count == want.count == 23 and rank1["stats"] == rank0["stats"]
+    assert loss == pytest.approx(want.loss, rel=1e-9) and metrics == pytest.approx(want.metrics, rel=1e-9)
+    inp, pred, targ, losses = single.get_preds(with_input=True, with_loss=True)
+    _, valid = data("eval")
+    assert torch.equal(inp, valid.tensors[0]) and torch.equal(targ, valid.tensors[1])  # dataset order, no duplicates
+    for rank in (rank0, rank1):
+        assert torch.equal(rank["inp"], inp) and torch.equal(rank["targ"], targ)
+        torch.testing.assert_close(rank["pred"], pred, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(rank["losses"], losses, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(rank["predict_out"], single.model(rank["predict_in"]).detach())
+        assert rank["n_history"] == 1 and rank["train_dl"] == "DataLoader" and rank["plain"] == "Sequential"
+    assert len(rank1["predict_out"]) == 4  # its own batch, not gathered
+
+
 def test_a_cancel_on_one_rank_stops_every_rank(tmp_path):
     rank0, rank1 = launched("stop", tmp_path)
     # rank 1 cancelled at epoch 1, batch 2; rank 0 met it at that batch's agreement.
