@@ -5,6 +5,7 @@ from .checkpoint import SaveModel
 from .csvlog import CSVLogger
 from .device import Device, pick_device, to_device
 from .distributed import Distributed, ShardBatchSampler
+from .evaluation import GatherPreds, per_sample_loss_func
 from .precision import GradientClip, MixedPrecision
 from .progress import ProgressBar
 from .recorder import Recorder
@@ -36,6 +37,7 @@ __all__ = [
     "Device",
     "Distributed",
     "EarlyStopping",
+    "GatherPreds",
     "GradientAccumulation",
     "GradientClip",
     "LRFindResult",
@@ -54,6 +56,7 @@ __all__ = [
     "batch_size",
     "combine_scheds",
     "one_cycle_scheds",
+    "per_sample_loss_func",
     "pick_device",
     "preserve_state",
     "sched_cos",

@@ -207,7 +207,7 @@ class Distributed(Callback):
             role = "evaluated" if learn.evaluating else "valid"
             learn.valid_dl = shard_loader(learn.valid_dl, self.world_size, self.rank, self.seed, role)
         sharded = [learn.valid_dl] if learn.evaluating else [learn.train_dl, learn.valid_dl]
-        self._samplers = [dl.batch_sampler for dl in sharded if dl is not None and self.sharding]  # type: ignore[misc]
+        self._samplers = [dl.batch_sampler for dl in sharded if dl is not None and self.sharding]  # type: ignore[attr-defined,misc]
         model = learn.model.to(self.device)
         if learn.evaluating:  # no gradients, so no DDP: the shards' figures are all-reduced by AvgStats
             learn.model = model

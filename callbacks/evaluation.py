@@ -100,7 +100,7 @@ def _copy_with_reduction(module: nn.Module) -> nn.Module:
     import copy
 
     unreduced = copy.copy(module)  # shallow: shares weights (class weights) with the original
-    unreduced.reduction = "none"
+    unreduced.reduction = "none"  # type: ignore[assignment]
     return unreduced
 
 

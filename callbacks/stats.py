@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -58,7 +59,7 @@ class WeightedSums:
         """
         sizes = self._sizes
         if not sizes and self._sums is None:
-            _check_scalars(values)
+            check_values(values)
         for column, value in zip(self._columns, values):
             column.append(value.detach() if isinstance(value, torch.Tensor) else value)
         sizes.append(n)
@@ -112,12 +113,23 @@ def _metric_name(metric: Metric) -> str:
     return name or type(metric).__name__
 
 
-def _check_scalars(values: Sequence[torch.Tensor | float]) -> None:
+def check_values(values: Sequence[Any], names: Sequence[str] | None = None) -> None:
+    """Raise unless every value is a number or a one-element tensor (a batch mean).
+
+    `names` label the values in the message (default: `value i`, 0 being the loss).
+    """
     for i, value in enumerate(values):
-        if isinstance(value, torch.Tensor) and value.numel() != 1:
-            raise ValueError(
-                f"value {i} of the batch (0 is the loss, then the metrics in order) has shape "
-                f"{tuple(value.shape)}; a metric must return the batch mean as a scalar tensor."
+        label = repr(names[i]) if names else f"value {i} of the batch (0 is the loss, then the metrics in order)"
+        if isinstance(value, torch.Tensor):
+            if value.numel() != 1:
+                raise ValueError(
+                    f"{label} has shape {tuple(value.shape)}; a metric must return the batch mean as a scalar "
+                    "tensor (e.g. (pred.argmax(1) == y).float().mean()), or be an object with update/compute."
+                )
+        elif isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(
+                f"{label} returned {value!r} ({type(value).__name__}); a metric must return the batch mean as a "
+                "scalar tensor or a number."
             )
 
 
@@ -168,9 +180,11 @@ class AvgStats(Callback):
         self.train, self.valid, self.evaluation = PhaseStats(), PhaseStats(), PhaseStats()
         self.history: list[dict[str, float]] = []
         self._sums: WeightedSums | None = None
+        self._check_metrics = False
 
     def before_fit(self) -> None:
         self._with_metrics = False
+        self._check_metrics = bool(self.metrics)
         if not self.learn.evaluating:
             self.history = []
 
@@ -192,6 +206,10 @@ class AvgStats(Callback):
         learn = self.learn  # direct reads: this runs on every batch
         if learn.loss is None:  # an evaluated batch without targets
             return
+        if self._check_metrics:  # the fit's first batch: try the metrics now, not after an epoch of training
+            self._check_metrics = False
+            with torch.no_grad():
+                check_values([m(learn.pred, *learn.yb) for m in self.metrics], self.metric_names)
         yb = learn.yb
         first = yb[0] if yb else learn.xb[0]
         n = first.shape[0] if isinstance(first, torch.Tensor) and first.ndim else batch_size(yb or learn.xb)

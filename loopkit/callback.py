@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
 _EVENT_SET = frozenset(EVENTS)
 _EVENT_LIKE = re.compile(r"^(before|after|on|begin)_")
+_SQUASHED = {event.replace("_", ""): event for event in EVENTS}  # afterbatch -> after_batch
 
 
 def snake_name(cls_name: str) -> str:
@@ -48,8 +49,10 @@ class Callback:
     def check_events(cls) -> None:
         """Raise `ValueError` if the class defines an event-like method that is no event."""
         for attr in dir(cls):
-            if _EVENT_LIKE.match(attr) and attr not in _EVENT_SET and callable(getattr(cls, attr)):
-                close = difflib.get_close_matches(attr, EVENTS, n=1)
+            squashed = _SQUASHED.get(attr.replace("_", "").lower())
+            looks_like = _EVENT_LIKE.match(attr) or squashed is not None
+            if looks_like and attr not in _EVENT_SET and callable(getattr(cls, attr)):
+                close = [squashed] if squashed else difflib.get_close_matches(attr, EVENTS, n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else "."
                 raise ValueError(
                     f"{cls.__name__} defines {attr!r}, which is not a loopkit event{hint} "

@@ -123,7 +123,7 @@ class Learner:
         if not isinstance(n_inp, int) or isinstance(n_inp, bool) or n_inp < 1:
             raise ValueError(f"n_inp is the number of inputs in a batch and must be an int >= 1, got {n_inp!r}.")
         if metrics is not None and not isinstance(metrics, (list, tuple)):
-            metrics = [metrics]  # one metric, as cbs takes one callback
+            metrics = [metrics]  # type: ignore[list-item]  # one metric, as cbs takes one callback
         self.model, self.loss_func, self.opt_func, self.lr, self.n_inp = model, loss_func, opt_func, lr, n_inp
         self.dls = dls  # also sets train_dl and valid_dl
         self.opt = None  # type: ignore[assignment]  # made at the start of the first fit
@@ -667,7 +667,7 @@ def _length(dl: Any) -> int | None:
 
 
 def _check_lr(lr: Any, what: str) -> None:
-    if not isinstance(lr, numbers.Real) or isinstance(lr, bool) or not (lr >= 0 and math.isfinite(lr)):
+    if not isinstance(lr, numbers.Real) or isinstance(lr, bool) or not (float(lr) >= 0 and math.isfinite(lr)):
         raise ValueError(f"{what} must be a finite number >= 0, got {lr!r}; e.g. 1e-3 (find one with learn.lr_find()).")
 
 

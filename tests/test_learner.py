@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from loopkit import Callback, Learner
+from loopkit import Callback, CancelFit, Learner
 from loopkit.callbacks import AvgStats, ProgressBar, Recorder, TrainEval
 from tests.conftest import Tracer, batches_of, make_data, make_learner, tiny_model
 
@@ -359,3 +361,171 @@ def test_cbs_may_be_one_callback_or_nested_lists():
     assert two.learn is None and three.learn is None and one.learn is learn
     learn.fit(1, cbs=two)
     assert two.learn is None
+
+
+# -- what a new user tripped over (issue 11) ------------------------------------------------------
+
+
+def test_one_metric_may_be_passed_alone_and_bad_metrics_fail_on_the_first_batch_before_any_step():
+    learn = make_learner(default_cbs=True, metrics=accuracy_metric)
+    learn.progress_bar.enabled = False
+    learn.fit(1)
+    assert "accuracy_metric" in learn.avg_stats.history[-1]
+
+    def none_metric(pred, y):
+        return None
+
+    def text_metric(pred, y):
+        return "0.5"
+
+    def vector_metric(pred, y):
+        return (pred.argmax(1) == y).float()
+
+    for metric, error, match in [(none_metric, TypeError, "'none_metric' returned None"),
+                                 (text_metric, TypeError, "'text_metric' returned '0.5'"),
+                                 (vector_metric, ValueError, r"'vector_metric' has shape \(4,\)")]:  # fmt: skip
+        learn = make_learner(default_cbs=True, metrics=[metric])
+        learn.progress_bar.enabled = False
+        before = [p.detach().clone() for p in learn.model.parameters()]
+        with pytest.raises(error, match=match):
+            learn.fit(1)
+        assert all(torch.equal(a, b) for a, b in zip(before, learn.model.parameters()))  # no step was taken
+
+
+def accuracy_metric(pred, y):
+    return (pred.argmax(1) == y).float().mean()
+
+
+def test_an_avg_stats_in_cbs_replaces_the_default_one():
+    x, y = make_data(16)
+    stats = AvgStats([accuracy_metric], train_metrics=True)
+    learn = Learner(tiny_model(), (batches_of(x[:8], y[:8], [4, 4]), batches_of(x[8:], y[8:], [8])),
+                    F.cross_entropy, cbs=[stats, ProgressBar(enabled=False)])  # fmt: skip
+    assert learn.avg_stats is stats and sum(isinstance(cb, AvgStats) for cb in learn.cbs) == 1
+    assert sum(isinstance(cb, ProgressBar) for cb in learn.cbs) == 1
+    learn.fit(1)
+    assert "train_accuracy_metric" in learn.avg_stats.history[-1]
+    with pytest.raises(ValueError, match="give the metrics to it"):
+        Learner(tiny_model(), learn.dls, F.cross_entropy, metrics=[accuracy_metric], cbs=[AvgStats()])
+
+
+@pytest.mark.parametrize("bad", [[], "generator", "drop_last", "lazy_empty"])
+def test_empty_and_one_shot_loaders_are_refused(bad):
+    from torch.utils.data import DataLoader, IterableDataset, TensorDataset
+
+    class Nothing(IterableDataset):
+        def __iter__(self):
+            return iter(())
+
+    x, y = make_data(8)
+    loaders = {"generator": ((xb, yb) for xb, yb in batches_of(x, y, [4, 4])),
+               "drop_last": DataLoader(TensorDataset(x[:3], y[:3]), batch_size=4, drop_last=True),
+               "lazy_empty": DataLoader(Nothing(), batch_size=4)}  # fmt: skip
+    dl = loaders.get(bad, bad) if isinstance(bad, str) else bad
+    tracer = Tracer()
+    learn = Learner(tiny_model(), (dl, None), F.cross_entropy, default_cbs=False, cbs=[tracer])
+    before = [p.detach().clone() for p in learn.model.parameters()]
+    error, match = (TypeError, "one-shot iterator") if bad == "generator" else (ValueError, "train loader yields no batches")
+    with pytest.raises(error, match=match):
+        learn.fit(1)
+    assert all(torch.equal(a, b) for a, b in zip(before, learn.model.parameters()))
+    assert tracer.trace in ([], ["before_fit", "before_epoch", "before_train", "after_fit"])  # only a lazy loader gets that far
+
+
+def test_fit_lr_must_be_finite():
+    with pytest.raises(ValueError, match=r"fit\(lr=...\) must be a finite number >= 0, got inf"):
+        make_learner().fit(1, lr=float("inf"))
+
+
+def test_event_method_spelled_without_underscores_is_caught():
+    class Squashed(Callback):
+        def afterbatch(self):
+            pass
+
+    with pytest.raises(ValueError, match="'afterbatch', which is not a loopkit event; did you mean 'after_batch'"):
+        make_learner(cbs=[Squashed()])
+
+
+def test_returning_a_value_from_an_event_warns_once():
+    class OldStyle(Callback):
+        def after_batch(self):
+            return True
+
+    learn = make_learner(cbs=[OldStyle()])
+    with pytest.warns(UserWarning, match=r"OldStyle.after_batch returned True, which loopkit ignores.*raise CancelFit") as record:
+        learn.fit(2)
+    assert len([w for w in record if "returned True" in str(w.message)]) == 1
+    assert learn.train_iter == 6  # ignored: the fit ran on
+
+
+@pytest.mark.parametrize("stop", ["after_backward", "before_step"])
+@pytest.mark.parametrize("how", [CancelFit, RuntimeError, KeyboardInterrupt])
+def test_no_gradient_outlives_the_fit_that_made_it(stop, how):
+    class Stop(Callback):
+        pass
+
+    setattr(Stop, stop, lambda self: (_ for _ in ()).throw(how()))
+    learn = make_learner()
+    if how is CancelFit:
+        learn.fit(1, cbs=[Stop()])
+    else:
+        with pytest.raises(how):
+            learn.fit(1, cbs=[Stop()])
+    assert all(p.grad is None for p in learn.model.parameters())
+    # ...so the next fit's first step is exactly a raw first step
+    reference = copy.deepcopy(learn.model)
+    x, y = learn.train_dl[0]
+    F.cross_entropy(reference(x), y).backward()
+    torch.optim.SGD(reference.parameters(), lr=learn.lr).step()
+    learn.fit(1, cbs=[StopAfterFirstBatch()])
+    assert all(torch.equal(a, b) for a, b in zip(reference.parameters(), learn.model.parameters()))
+
+
+class StopAfterFirstBatch(Callback):
+    def after_step(self):
+        raise CancelFit
+
+
+def test_ctrl_c_inside_the_step_waits_until_the_step_is_whole():
+    import os
+    import signal
+
+    class InterruptedSGD(torch.optim.SGD):
+        """Send ourselves SIGINT halfway through the parameter updates of the second step."""
+
+        n_steps = 0
+
+        @torch.no_grad()
+        def step(self, closure=None):
+            InterruptedSGD.n_steps += 1
+            params = [p for g in self.param_groups for p in g["params"]]
+            for i, p in enumerate(params):
+                if InterruptedSGD.n_steps == 2 and i == 1:
+                    os.kill(os.getpid(), signal.SIGINT)  # the handler runs at the next bytecode
+                p -= self.param_groups[0]["lr"] * p.grad
+
+    learn = make_learner(4, None, opt_func=InterruptedSGD)
+    shadow = copy.deepcopy(learn.model)  # the same steps by hand, all of them whole
+    with pytest.raises(KeyboardInterrupt):
+        learn.fit(1)
+    for x, y in learn.train_dl[:2]:
+        shadow.zero_grad()
+        F.cross_entropy(shadow(x), y).backward()
+        with torch.no_grad():
+            for p in shadow.parameters():
+                p -= learn.lr * p.grad
+    assert all(torch.equal(a, b) for a, b in zip(shadow.parameters(), learn.model.parameters()))
+    assert learn.train_iter == 1 and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_lr_find_leaves_the_callback_order_as_it_was():
+    from loopkit.callbacks import CSVLogger
+
+    class SameOrder(Callback):
+        order = 60  # as CSVLogger's
+
+    learn = make_learner(8, None, default_cbs=True, cbs=[CSVLogger("unused.csv"), SameOrder()])
+    learn.progress_bar.enabled = False
+    before = list(learn.cbs)
+    learn.lr_find(num_it=5)
+    assert learn.cbs == before
