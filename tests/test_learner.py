@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -529,3 +530,97 @@ def test_lr_find_leaves_the_callback_order_as_it_was():
     before = list(learn.cbs)
     learn.lr_find(num_it=5)
     assert learn.cbs == before
+
+
+# -- the loop uses what a callback writes (docs/state.md, "Changing state from a callback") --------
+
+
+def written_value_run(event: str, write) -> tuple[Learner, list]:
+    """Fit one epoch with a callback that calls `write(cb)` at `event`; return the learner and a log."""
+    log: list = []
+
+    class Writer(Callback):
+        order = 5
+
+    setattr(Writer, event, lambda self: write(self, log))
+    learn = make_learner(2, 1, cbs=[Writer()])
+    learn.fit(1)
+    return learn, log
+
+
+def test_the_model_sees_xb_written_in_before_batch_and_the_loss_yb():
+    seen = []
+
+    class Look(Callback):
+        order = 10
+
+        def after_pred(self):
+            seen.append(self.pred.abs().sum().item())
+
+        def after_loss(self):
+            seen.append(self.loss.item())
+
+    class Zeros(Callback):
+        def before_batch(self):
+            self.learn.xb = (torch.zeros_like(self.xb[0]),)
+            self.learn.yb = (torch.zeros_like(self.yb[0]),)
+
+    x, y = make_data(4)
+    learn = Learner(nn.Linear(4, 3, bias=False), ([(x, y)], None), F.cross_entropy, default_cbs=False,
+                    cbs=[Look(), Zeros()])  # fmt: skip
+    learn.fit(1)
+    assert seen[0] == 0.0  # zero inputs, no bias: zero outputs
+    assert seen[1] == pytest.approx(F.cross_entropy(torch.zeros(4, 3), torch.zeros(4, dtype=torch.long)).item())
+
+
+def test_the_loss_uses_pred_written_in_after_pred():
+    learn, _ = written_value_run("after_pred", lambda cb, log: setattr(cb.learn, "pred", cb.pred * 0))
+    assert learn.loss.item() == pytest.approx(math.log(3))  # uniform logits over 3 classes
+
+
+@pytest.mark.parametrize("event", ["after_loss", "before_backward"])
+def test_backward_uses_loss_written_in_after_loss_or_before_backward(event):
+    grads = []
+
+    class Grads(Callback):
+        order = 10
+
+        def after_backward(self):
+            grads.append([p.grad.clone() for p in self.model.parameters()])
+
+    learn = make_learner(1, None, cbs=[Grads()])
+    learn.fit(1, cbs=[type("Zero", (Callback,), {event: lambda self: setattr(self.learn, "loss", self.loss * 0)})()])
+    assert all(torch.equal(g, torch.zeros_like(g)) for g in grads[0])
+
+
+def test_the_step_uses_hypers_written_in_before_batch():
+    def write(cb, log):
+        for group in cb.opt.param_groups:
+            group["lr"] = 0.0
+
+    learn, _ = written_value_run("before_batch", write)
+    before = make_learner(2, 1).model
+    assert all(torch.equal(a, b) for a, b in zip(before.parameters(), learn.model.parameters()))  # lr 0: no change
+
+
+def test_the_phase_iterates_dl_written_in_before_train():
+    x, y = make_data(6)
+    other = batches_of(x, y, [2, 2, 2])
+    learn, _ = written_value_run("before_train", lambda cb, log: setattr(cb.learn, "dl", other))
+    assert learn.train_iter == 3  # the written loader's 3 batches, not the learner's 2
+
+
+def test_the_fit_trains_model_and_loaders_written_in_before_fit():
+    replacement = tiny_model(seed=7)
+    start = [p.detach().clone() for p in replacement.parameters()]
+    x, y = make_data(12)
+
+    def write(cb, log):
+        cb.learn.model = replacement
+        cb.learn.opt = torch.optim.SGD(replacement.parameters(), lr=0.1)
+        cb.learn.train_dl = batches_of(x, y, [3, 3, 3, 3])
+        cb.learn.valid_dl = None
+
+    learn, _ = written_value_run("before_fit", write)
+    assert learn.model is replacement and learn.train_iter == 4 and learn.training  # no validation ran
+    assert not all(torch.equal(a, b) for a, b in zip(start, replacement.parameters()))
