@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 import torch.nn.functional as F
 
 from loopkit import Learner
@@ -52,3 +53,26 @@ def test_bars_in_a_terminal_are_closed_when_the_fit_fails(monkeypatch, capsys):
     assert learn.progress_bar._pbar is None and learn.progress_bar._mbar is None  # closed in after_fit
     learn.fit(1)
     assert "epoch" in capsys.readouterr().out
+
+
+def test_an_evaluation_shows_a_batch_bar_alone_and_closes_it(monkeypatch, capsys):
+    monkeypatch.setattr("sys.stdout.isatty", lambda: True, raising=False)
+    made = []
+    from loopkit.callbacks import progress
+
+    real = progress.progress_bar
+
+    def spy(*args, **kwargs):
+        made.append(kwargs.get("parent"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(progress, "progress_bar", spy)
+    learn = make()
+    learn.validate()
+    learn.get_preds()
+    assert made == [None, None]  # one bar per evaluation, with no epoch bar around it
+    assert learn.progress_bar._pbar is None and learn.progress_bar._mbar is None
+    assert "epoch" not in capsys.readouterr().out  # no epoch table row
+    with pytest.raises(RuntimeError):
+        learn.predict(torch.randn(2, 9))  # the wrong width: the bar is closed on the error too
+    assert learn.progress_bar._pbar is None
