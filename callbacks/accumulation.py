@@ -77,6 +77,8 @@ class GradientAccumulation(Callback):
         self._distributed: Any = None
 
     def before_fit(self) -> None:
+        if self.learn.evaluating:  # an evaluation is not a fit: nothing to accumulate
+            return
         self.will_step, self.n_window, self.n_steps = False, 0, 0
 
     def before_train(self) -> None:

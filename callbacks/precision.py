@@ -103,7 +103,8 @@ class MixedPrecision(Callback):
                 self._scaler_state = None
         self._autocast = torch.autocast(self.device_type, dtype=self.dtype)
         self._active = False
-        self.n_skipped = 0
+        if not self.learn.evaluating:  # the count is the fit's; an evaluation takes no step
+            self.n_skipped = 0
 
     @staticmethod
     def _check_float32_params(params: list[torch.nn.Parameter]) -> None:

@@ -85,6 +85,8 @@ class TerminateOnNaN(Callback):
         self.stopped_at: tuple[int, int, str] | None = None
 
     def before_fit(self) -> None:
+        if self.learn.evaluating:  # an evaluation is not a fit: nothing to stop
+            return
         self.stopped_at = None
 
     def after_loss(self) -> None:

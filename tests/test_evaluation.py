@@ -13,7 +13,19 @@ from hypothesis import strategies as st
 from torch import nn
 
 from loopkit import Callback, DataLoaders, Learner
-from loopkit.callbacks import CSVLogger, EarlyStopping, MixedPrecision, ParamScheduler, SaveModel, TorchScheduler, sched_lin
+from loopkit.callbacks import (
+    CSVLogger,
+    Device,
+    EarlyStopping,
+    GradientAccumulation,
+    GradientClip,
+    MixedPrecision,
+    ParamScheduler,
+    SaveModel,
+    TerminateOnNaN,
+    TorchScheduler,
+    sched_lin,
+)
 from tests.callbacks.test_stats import count_syncs
 from tests.conftest import accuracy, batches_of, make_data, make_learner, tiny_model
 
@@ -235,3 +247,46 @@ class BreakAt(Callback):
     def before_batch(self):
         if self.training and self.iter == self.at:
             self.learn.xb = (torch.randn(4, 7),)
+
+
+def same(a, b) -> bool:
+    """Equal values, tensors compared exactly, through nested containers."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) and math.isnan(a):
+        return isinstance(b, float) and math.isnan(b)
+    if callable(getattr(a, "state_dict", None)):  # a torch scheduler or scaler: compare its state
+        return type(a) is type(b) and same(a.state_dict(), b.state_dict())
+    if hasattr(a, "__dict__") and not isinstance(a, type) and not callable(a):
+        return type(a) is type(b) and same(vars(a), vars(b))
+    return a == b
+
+
+def test_no_shipped_callback_changes_what_it_publishes_during_an_evaluation(tmp_path):
+    cbs = [Device("cpu"), GradientAccumulation(8), MixedPrecision(torch.bfloat16), GradientClip(1.0),
+           TerminateOnNaN(), CSVLogger(tmp_path / "h.csv"), SaveModel(path=tmp_path / "best.pt"),
+           EarlyStopping(patience=3), TorchScheduler(lambda opt: torch.optim.lr_scheduler.StepLR(opt, 1))]  # fmt: skip
+    learn = learner(cbs=cbs)
+    learn.fit_one_cycle(2, 0.1)
+    learn.fit(1, cbs=[ParamScheduler({"lr": sched_lin(0.1, 0.01)})])
+
+    def published():
+        return {cb.cb_name: copy.deepcopy({k: v for k, v in vars(cb).items() if not k.startswith("_") and k != "learn"})
+                for cb in learn.cbs}  # fmt: skip
+
+    # As a fit that skipped fp16 steps and met a nan would have left them:
+    learn.mixed_precision.n_skipped, learn.terminate_on_nan.stopped_at = 3, (1, 2, "train")
+    before = published()
+    assert before["gradient_accumulation"]["n_steps"] > 0
+    learn.validate()
+    learn.get_preds(with_input=True, with_loss=True)
+    learn.predict(torch.randn(3, 4))
+    after = published()
+    after["avg_stats"].pop("evaluation")
+    before["avg_stats"].pop("evaluation")
+    for name in before:
+        assert same(before[name], after[name]), name
