@@ -14,8 +14,6 @@ so a cancel unwinds the stages inside it without their `after_*` events, and
 from __future__ import annotations
 
 import contextlib
-import math
-import numbers
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -24,6 +22,16 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from ._checks import (
+    check_eval_loader,
+    check_loader,
+    check_lr,
+    empty_error,
+    length,
+    loss_error,
+    note_misplaced_cancel,
+    split_dls,
+)
 from ._interrupt import StepGuard
 from .callback import Callback
 from .events import (
@@ -119,7 +127,7 @@ class Learner:
             raise TypeError(f"loss_func must be callable, e.g. F.cross_entropy; got {loss_func!r}.")
         if not callable(opt_func):
             raise TypeError(f"opt_func must build an optimizer, e.g. torch.optim.SGD; got {opt_func!r}.")
-        _check_lr(lr, "lr")
+        check_lr(lr, "lr")
         if not isinstance(n_inp, int) or isinstance(n_inp, bool) or n_inp < 1:
             raise ValueError(f"n_inp is the number of inputs in a batch and must be an int >= 1, got {n_inp!r}.")
         if metrics is not None and not isinstance(metrics, (list, tuple)):
@@ -167,26 +175,8 @@ class Learner:
 
     @dls.setter
     def dls(self, dls: Any) -> None:
-        self.train_dl, self.valid_dl = self._split_dls(dls)
+        self.train_dl, self.valid_dl = split_dls(dls)
         self._dls = dls
-
-    @staticmethod
-    def _split_dls(dls: Any) -> tuple[Iterable[Batch], Iterable[Batch] | None]:
-        if hasattr(dls, "train") and hasattr(dls, "valid"):
-            train, valid = dls.train, dls.valid
-        elif isinstance(dls, (tuple, list)) and len(dls) == 2 and not all(map(_looks_like_batch, dls)):
-            train, valid = dls
-        else:
-            raise TypeError(
-                f"dls must be a pair (train, valid) or have .train and .valid, got {type(dls).__name__}; "
-                "to train without validation pass (train_dl, None)."
-            )
-        for role, dl in (("train", train), ("valid", valid)):
-            if dl is not None and not isinstance(dl, Iterable):
-                raise TypeError(f"the {role} loader must be an iterable of batches, got {type(dl).__name__}.")
-        if train is None:
-            raise TypeError("the train loader is None; fit needs training batches.")
-        return train, valid
 
     # -- callbacks -------------------------------------------------------------------------
 
@@ -347,8 +337,8 @@ class Learner:
         if not isinstance(n_epochs, int) or isinstance(n_epochs, bool) or n_epochs < 1:
             raise ValueError(f"n_epochs must be an int >= 1, got {n_epochs!r}.")
         if lr is not None:
-            _check_lr(lr, "fit(lr=...)")
-        _check_loader(self.train_dl, "train")
+            check_lr(lr, "fit(lr=...)")
+        check_loader(self.train_dl, "train")
         per_fit = list(_flatten([cbs]))
         self.add_cbs(per_fit)
         try:
@@ -388,7 +378,7 @@ class Learner:
             except CancelFit:
                 self._fire("after_cancel_fit")
         except BaseException as err:
-            _note_misplaced_cancel(err)
+            note_misplaced_cancel(err)
             cleanup_error = self._fire_all("after_fit")
             if cleanup_error is not None:
                 err.add_note(f"after_fit also failed during cleanup: {cleanup_error!r}")
@@ -409,7 +399,7 @@ class Learner:
 
     def _do_phase(self, training: bool, stage: str, cancel: type[CancelException], dl: Iterable[Batch] | None) -> None:
         self.training, self.dl = training, dl
-        self.n_iter = _length(dl)
+        self.n_iter = length(dl)
         try:
             self._fire("before_" + stage)
             empty = True
@@ -417,7 +407,7 @@ class Learner:
                 empty = False
                 self._do_batch()
             if empty:
-                raise ValueError(_empty_error("train" if training else "evaluated" if self.evaluating else "valid"))
+                raise ValueError(empty_error("train" if training else "evaluated" if self.evaluating else "valid"))
         except cancel:
             self._fire("after_cancel_" + stage)
         self._fire("after_" + stage)
@@ -431,7 +421,7 @@ class Learner:
             # A batch without targets (only in evaluations) has no loss.
             self.loss = self.loss_func(self.pred, *self.yb) if self.yb else None  # type: ignore[assignment]
             if self.yb and getattr(self.loss, "ndim", None) != 0:
-                raise ValueError(_loss_error(self.loss))
+                raise ValueError(loss_error(self.loss))
             self._fire("after_loss")
             if self.training:
                 try:
@@ -520,14 +510,7 @@ class Learner:
             dl = self.valid_dl
             if dl is None:
                 raise ValueError(f"{name}: this learner has no valid loader; pass the loader to evaluate as dl=...")
-        if hasattr(dl, "train") and hasattr(dl, "valid"):
-            raise TypeError(f"{name} evaluates one loader, got a pair of loaders ({type(dl).__name__}); pass dls.valid.")
-        if not isinstance(dl, Iterable) or isinstance(dl, (torch.Tensor, str)):
-            raise TypeError(
-                f"{name}(dl=...) takes a loader (an iterable of batches, such as a DataLoader), got "
-                f"{type(dl).__name__}; for one batch of inputs use learn.predict(x)."
-            )
-        _check_loader(dl, "evaluated")
+        check_eval_loader(dl, name)
         saved = {key: self.__dict__[key] for key in (*_STATE_DEFAULTS, "valid_dl")}
         modes = [(module, module.training) for module in self.model.modules()]
         self.add_cbs(cbs)
@@ -656,54 +639,3 @@ def _flatten(items: Iterable[Any]) -> Iterator[Any]:
 
 def _raised_by(cb: Callback, event: str) -> str:
     return f"raised by callback {type(cb).__name__} in event {event!r}"
-
-
-def _length(dl: Any) -> int | None:
-    # A DataLoader over an IterableDataset has __len__ but raises TypeError from it.
-    try:
-        return len(dl)
-    except TypeError:
-        return None
-
-
-def _check_lr(lr: Any, what: str) -> None:
-    if not isinstance(lr, numbers.Real) or isinstance(lr, bool) or not (float(lr) >= 0 and math.isfinite(lr)):
-        raise ValueError(f"{what} must be a finite number >= 0, got {lr!r}; e.g. 1e-3 (find one with learn.lr_find()).")
-
-
-def _check_loader(dl: Any, role: str) -> None:
-    if isinstance(dl, Iterator):
-        raise TypeError(
-            f"the {role} loader is a one-shot iterator ({type(dl).__name__}), which would be empty after its "
-            "first pass; pass something iterable again and again, such as a list of batches or a DataLoader."
-        )
-    if _length(dl) == 0:
-        raise ValueError(_empty_error(role))
-
-
-def _empty_error(role: str) -> str:
-    return (
-        f"the {role} loader yields no batches; give it data (with drop_last=True, a dataset smaller "
-        "than one batch yields none: use a smaller batch_size or drop_last=False)."
-    )
-
-
-def _looks_like_batch(item: Any) -> bool:
-    # Two batches passed as dls would otherwise read as (train, valid).
-    return isinstance(item, (tuple, list)) and len(item) > 0 and isinstance(item[0], torch.Tensor)
-
-
-def _loss_error(loss: Any) -> str:
-    shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
-    return (
-        f"loss_func must return a scalar tensor, got {shape}; reduce it (e.g. reduction='mean') "
-        "so backward and the averaged statistics are defined."
-    )
-
-
-def _note_misplaced_cancel(err: BaseException) -> None:
-    if isinstance(err, CancelException) and not isinstance(err, CancelFit):
-        err.add_note(
-            f"{type(err).__name__} cancels the {err.stage!r} stage and was raised outside it, so it is an "
-            "error, not a cancel; see the cancel table in the docs ('the loop and its events')."
-        )
