@@ -129,8 +129,8 @@ class Distributed(Callback):
     order = -30: after `Device` (-90) placed the model and before `AvgStats` (-20)
     all-reduces its sums at the end of a phase, so the stop agreement comes first.
 
-    Stopping is agreed: before every training backward and at the end of every
-    phase, all ranks all-reduce a stop flag (one tiny CPU collective on a gloo
+    Stopping is agreed: at the start of every epoch, before every training backward,
+    at the end of every phase and at the end of the fit, all ranks all-reduce a stop flag (one tiny CPU collective on a gloo
     group, no GPU sync). A rank whose fit is cancelled (`CancelFit` from any
     callback, e.g. `TerminateOnNaN`) sends the flag on its way out and the others
     raise `CancelFit` at their next agreement. `EarlyStopping` decides on the
@@ -186,7 +186,7 @@ class Distributed(Callback):
 
     def before_fit(self) -> None:
         self._start_group()
-        self._stopped_by_peer = False
+        self._stopped_by_peer = self._announced = False
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         on_cuda = dist.get_backend() == "nccl"
         if on_cuda:
@@ -224,6 +224,9 @@ class Distributed(Callback):
         )  # fmt: skip
 
     def before_epoch(self) -> None:
+        # Agree before anything of the epoch runs, so a stop decided at another rank's after_epoch
+        # ends every rank after the same epochs (order -30: the first before_epoch that ships).
+        self._agree_or_stop()
         for sampler in self._samplers:
             sampler.set_epoch(self.epoch)
 
@@ -263,9 +266,14 @@ class Distributed(Callback):
         # This rank stopped on its own: tell the others, who meet us at their next agreement.
         if not self._stopped_by_peer and dist.is_initialized() and self.world_size > 1:
             self._agree(True)
+            self._announced = True
 
     def after_fit(self) -> None:
         learn = self.learn
+        # The last agreement of the fit: meets the stop flag of a rank that cancelled after the
+        # others' last agreement point (say in the last epoch's after_epoch), so nobody waits for it.
+        if self.sharding and dist.is_initialized() and self.world_size > 1 and not (self._stopped_by_peer or self._announced):
+            self._agree(False)
         if isinstance(learn.model, DistributedDataParallel):
             learn.model = learn.model.module
         if self._samplers:

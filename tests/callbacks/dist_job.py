@@ -22,7 +22,7 @@ from loopkit import Callback, CancelFit, Learner
 from loopkit.callbacks import CSVLogger, EarlyStopping, SaveModel
 
 SIZES = {"equiv": (48, 16), "stats": (37, 23), "merge": (33, 5), "io": (40, 12), "stop": (40, 12), "error": (40, 12),
-         "accum": (37, 12), "twice": (40, 12), "eval": (37, 23)}  # fmt: skip
+         "accum": (37, 12), "twice": (40, 12), "eval": (37, 23), "stop_epoch": (40, 12)}  # fmt: skip
 
 
 def data(mode: str) -> tuple[TensorDataset, TensorDataset]:
@@ -61,6 +61,31 @@ class RaiseOnRank(Callback):
     def after_loss(self) -> None:
         if self.training and self.epoch == self.at_epoch and self.iter == self.at and self.learn.distributed.rank == self.on_rank:
             raise self.error("raised on purpose by RaiseOnRank")
+
+
+class CountEpochs(Callback):
+    """Count the epochs whose before_epoch reached the callbacks."""
+
+    order = 100
+
+    def __init__(self) -> None:
+        self.n_started = 0
+
+    def before_epoch(self) -> None:
+        self.n_started += 1
+
+
+class StopAfterEpoch(Callback):
+    """On one rank only, raise CancelFit in after_epoch of `epoch`."""
+
+    order = 100
+
+    def __init__(self, rank: int, epoch: int):
+        self.on_rank, self.at_epoch = rank, epoch
+
+    def after_epoch(self) -> None:
+        if self.epoch == self.at_epoch and self.learn.distributed.rank == self.on_rank:
+            raise CancelFit
 
 
 class CountAllReduces(Callback):
@@ -119,6 +144,13 @@ def main(mode: str, out_dir: str) -> None:
         result.update(stats=(stats.loss, stats.metrics, stats.count), inp=inp, pred=pred, targ=targ, losses=losses,
                       predict_in=x, predict_out=learn.predict(x), n_history=len(learn.avg_stats.history),
                       train_dl=type(learn.train_dl).__name__)  # fmt: skip
+    elif mode == "stop_epoch":  # rank 0 alone stops in after_epoch: of epoch 1, then of the last epoch
+        counter = CountEpochs()
+        learn = build("stop_epoch", bs=4, distributed=True, cbs=[counter])
+        learn.fit(4, cbs=[StopAfterEpoch(rank=0, epoch=1)])
+        first = counter.n_started
+        learn.fit(2, cbs=[StopAfterEpoch(rank=0, epoch=1)])  # the last epoch: nobody may wait for rank 0
+        result.update(n_started=(first, counter.n_started - first))
     elif mode == "stop":
         learn = build(mode, bs=4, distributed=True, cbs=[RaiseOnRank(1, epoch=1, at=2, error=CancelFit), EarlyStopping(patience=9)])
         learn.fit(5)

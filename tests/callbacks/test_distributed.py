@@ -149,6 +149,14 @@ def test_a_cancel_on_one_rank_stops_every_rank(tmp_path):
     assert len(rank0["history"]) == len(rank1["history"]) == 1
 
 
+def test_a_stop_decided_on_one_rank_in_after_epoch_ends_every_rank_after_the_same_epochs(tmp_path):
+    rank0, rank1 = launched("stop_epoch", tmp_path)
+    # Epochs 0 and 1 ran everywhere; rank 1 did not start epoch 2 of the 4-epoch fit. Then a
+    # 2-epoch fit stopped by rank 0 after its last epoch ended without anyone waiting.
+    assert rank0["n_started"] == rank1["n_started"] == (2, 2)
+    assert len(rank0["history"]) == len(rank1["history"]) == 2
+
+
 def test_an_error_on_one_rank_ends_the_job_with_its_traceback(tmp_path):
     proc = torchrun("error", tmp_path)
     assert proc.returncode != 0
