@@ -15,7 +15,7 @@ A checkpoint is one file written by `torch.save` holding only plain data
                         the generators the loaders shuffle with
     rng_ranks           under distributed training, every rank's `rng`, by rank
 
-Files are written to a temporary name beside the target and renamed
+Files are written to a temporary name beside the target (`.<name>.tmp`) and renamed
 over it, so a crash mid-write leaves the previous checkpoint intact. Reading checks the
 whole file against the learner before anything is changed (`read_checkpoint`).
 """
@@ -28,7 +28,6 @@ import numbers
 import os
 import pickle
 import random
-import tempfile
 import warnings
 import zipfile
 from collections import defaultdict
@@ -148,17 +147,45 @@ def save_checkpoint(learn: Learner, path: str | Path) -> Path:
 
 
 def _write_atomically(state: dict[str, Any], path: Path) -> None:
+    if path.is_dir():
+        raise ValueError(f"cannot save a checkpoint to {str(path)!r}: it is a directory; give a file path such as "
+                         f"{str(path / 'best.pt')!r}.")  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # One fixed temporary name per target: a save killed mid-write leaves at most one behind,
+    # and the next save of the same checkpoint reuses (and so removes) it.
+    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        with os.fdopen(fd, "wb") as file:
+        tmp.unlink(missing_ok=True)  # never write through a stale file (or a link someone left there)
+        with open(tmp, "xb") as file:  # like any new file: mode 0o666 less the umask (mkstemp gave 0o600)
             torch.save(state, file)
             file.flush()
             os.fsync(file.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        interrupt = _interrupt_behind(err)
+        if interrupt is not None:
+            raise interrupt from None
         raise
+    # Temporary files of older loopkit versions had random names (`.best.pt.k3j9x_2a.tmp`).
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.{'?' * 8}.tmp"):
+        stale.unlink(missing_ok=True)
+
+
+def _interrupt_behind(err: BaseException) -> BaseException | None:
+    # Ctrl-C inside torch.save's file writes surfaces as torch's "[enforce fail ...] unexpected
+    # pos" RuntimeError, with the KeyboardInterrupt only as its context: find it, so the user
+    # who pressed Ctrl-C gets a KeyboardInterrupt.
+    if not isinstance(err, Exception):
+        return None
+    seen: set[int] = set()
+    context = err.__context__
+    while context is not None and id(context) not in seen:
+        if isinstance(context, (KeyboardInterrupt, SystemExit)):
+            return context
+        seen.add(id(context))
+        context = context.__context__
+    return None
 
 
 class _Checkpoint(dict[str, Any]):

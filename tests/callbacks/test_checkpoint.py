@@ -7,6 +7,7 @@ import csv
 import os
 import random
 import signal
+import stat
 import subprocess
 import sys
 import warnings
@@ -448,3 +449,94 @@ def test_resuming_without_a_callback_warns_that_its_state_is_dropped(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         make_learner(default_cbs=True).load(path, with_opt=False)  # weights for inference: quiet
+
+
+# -- saving: interrupts, temporary files, modes (issue 11) -------------------------------------
+
+
+def test_ctrl_c_inside_torch_save_is_a_keyboard_interrupt_and_keeps_the_old_file(tmp_path, monkeypatch):
+    learn = make_learner()
+    learn.fit(1)
+    path = learn.save(tmp_path / "ckpt.pt")
+    before = path.read_bytes()
+    real_save = torch.save
+
+    def save_with_ctrl_c(obj, file, *args, **kwargs):
+        # The real torch.save, writing through a file whose third write receives SIGINT:
+        # Ctrl-C landing mid-write, where torch turns it into "[enforce fail] unexpected pos".
+        class Interrupted:
+            writes = 0
+
+            def write(self, data):
+                self.writes += 1
+                if self.writes == 3:
+                    signal.raise_signal(signal.SIGINT)
+                return file.write(data)
+
+        real_save(obj, Interrupted(), *args, **kwargs)
+
+    learn.fit(1)
+    monkeypatch.setattr(torch, "save", save_with_ctrl_c)
+    handler = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own: SIGINT raises KeyboardInterrupt
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            learn.save(path)
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
+
+
+KILLED_SAVE = """
+import os, signal, sys
+from loopkit import Callback
+from tests.conftest import make_learner
+
+class Kill:
+    def __reduce_ex__(self, protocol):  # pickled inside torch.save, while the temporary file is open
+        os.kill(os.getpid(), signal.SIGKILL)
+
+class KilledMidSave(Callback):
+    def state_dict(self):
+        return {"kill": Kill()}
+
+make_learner(cbs=[KilledMidSave()]).save(sys.argv[1])
+"""
+
+
+@pytest.mark.slow
+def test_killed_saves_leave_at_most_one_temporary_file_and_the_next_save_removes_it(tmp_path):
+    learn = make_learner()
+    learn.fit(1)
+    path = learn.save(tmp_path / "ckpt.pt")
+    (tmp_path / ".ckpt.pt.k3j9x_2a.tmp").write_bytes(b"")  # left by an older loopkit, which named them at random
+    for _ in range(2):
+        killed = subprocess.run([sys.executable, "-c", KILLED_SAVE, str(path)], cwd=ROOT, timeout=120)
+        assert killed.returncode == -signal.SIGKILL
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".ckpt.pt.k3j9x_2a.tmp", ".ckpt.pt.tmp", "ckpt.pt"]
+    make_learner().load(path)  # the checkpoint itself is intact
+    learn.save(path)
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_checkpoints_get_the_mode_of_a_plain_write(tmp_path, umask):
+    learn = make_learner()
+    learn.fit(1)
+    old = os.umask(umask)
+    try:
+        learn.save(tmp_path / "ckpt.pt")
+        learn.save(tmp_path / "ckpt.pt")  # replacing one, too
+        (tmp_path / "plain").write_bytes(b"")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "ckpt.pt").stat().st_mode) == 0o666 & ~umask
+    assert stat.S_IMODE((tmp_path / "plain").stat().st_mode) == 0o666 & ~umask
+
+
+def test_saving_to_a_directory_is_a_clear_error_that_writes_nothing(tmp_path):
+    (tmp_path / "models").mkdir()
+    learn = make_learner()
+    with pytest.raises(ValueError, match=r"models' is a directory|models': it is a directory"):
+        learn.save(tmp_path / "models")
+    assert [p.name for p in tmp_path.iterdir()] == ["models"] and not any((tmp_path / "models").iterdir())
