@@ -514,6 +514,8 @@ class SaveModel(Callback):
     `mode` is "min" or "max". The best checkpoint is written to `path`; with
     `every_epoch` also to `<stem>_epoch<N><suffix>` beside it. Checkpoints are
     full `learn.save` files: `learn.fit(n_epochs, resume=path)` continues from one.
+    At `before_fit` (on rank 0) the folder of `path` is created, and a `ValueError`
+    is raised if `path` is a directory or the folder can't be made or written to.
     """
 
     order = 90
@@ -527,7 +529,24 @@ class SaveModel(Callback):
 
     def before_fit(self) -> None:
         self.monitor.check(self.learn)
+        if is_main_process():
+            self._check_path()
         self.best, self.best_epoch = None, None
+
+    def _check_path(self) -> None:
+        # Now, not at the first save an epoch later (which would also have written beside a directory).
+        if self.path.is_dir():
+            raise ValueError(f"SaveModel(path={str(self.path)!r}) is a directory; give a file path such as "
+                             f"{str(self.path / 'best.pt')!r}.")  # fmt: skip
+        folder = self.path.parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ValueError(f"SaveModel(path={str(self.path)!r}) cannot create the folder {str(folder)!r} "
+                             f"({err}); choose a folder you can write to.") from err  # fmt: skip
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise ValueError(f"SaveModel(path={str(self.path)!r}): the folder {str(folder)!r} is not writable; "
+                             "choose a folder you can write to.")  # fmt: skip
 
     def after_epoch(self) -> None:
         value = self.monitor.read(self.learn)

@@ -537,6 +537,22 @@ def test_checkpoints_get_the_mode_of_a_plain_write(tmp_path, umask):
 def test_saving_to_a_directory_is_a_clear_error_that_writes_nothing(tmp_path):
     (tmp_path / "models").mkdir()
     learn = make_learner()
-    with pytest.raises(ValueError, match=r"models' is a directory|models': it is a directory"):
+    with pytest.raises(ValueError, match=r"cannot save a checkpoint to '.*models': it is a directory"):
         learn.save(tmp_path / "models")
     assert [p.name for p in tmp_path.iterdir()] == ["models"] and not any((tmp_path / "models").iterdir())
+
+
+@pytest.mark.parametrize("target, match", [
+    ("models", r"SaveModel\(path='.*models'\) is a directory; give a file path such as '.*models/best.pt'"),
+    ("blocker/sub/best.pt", r"SaveModel\(path='.*best.pt'\) cannot create the folder '.*blocker/sub'"),
+])  # fmt: skip
+def test_save_model_refuses_a_directory_or_a_folder_it_cannot_make_before_training(tmp_path, target, match):
+    (tmp_path / "models").mkdir()
+    (tmp_path / "blocker").write_bytes(b"")  # a file where a folder would have to be
+    tracer = Tracer()
+    learn = make_learner(default_cbs=True, cbs=[SaveModel(path=tmp_path / target), tracer])
+    learn.progress_bar.enabled = False
+    with pytest.raises(ValueError, match=match):
+        learn.fit(2)
+    assert "before_epoch" not in tracer.trace
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker", "models"] and not any((tmp_path / "models").iterdir())
