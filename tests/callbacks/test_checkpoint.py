@@ -556,3 +556,38 @@ def test_save_model_refuses_a_directory_or_a_folder_it_cannot_make_before_traini
         learn.fit(2)
     assert "before_epoch" not in tracer.trace
     assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker", "models"] and not any((tmp_path / "models").iterdir())
+
+
+def test_a_fit_resumed_from_save_models_checkpoint_compares_against_the_saved_best(tmp_path):
+    scripted = [0.5, 0.9, 0.7, 0.6, 0.4]  # epoch 3 (0.6) is no improvement on the best so far, epoch 0's 0.5
+
+    class Script(Callback):
+        order = -10  # after AvgStats wrote the row, before SaveModel reads it
+
+        def after_epoch(self):
+            self.avg_stats.history[-1]["valid_loss"] = scripted[self.epoch]
+
+    class Watch(Callback):
+        order = 100  # after SaveModel
+
+        def __init__(self, stop_after=None):
+            self.seen, self.stop_after = {}, stop_after
+
+        def after_epoch(self):
+            written = torch.load(tmp_path / "best.pt", weights_only=True)["epoch"]
+            self.seen[self.epoch] = (self.save_model.best, self.save_model.best_epoch, written)
+            if self.epoch == self.stop_after:
+                raise CancelFit  # the job dies after epoch 2's checkpoints are written
+
+    def run(stop_after=None, resume=None):
+        watch = Watch(stop_after)
+        learn = make_learner(default_cbs=True, cbs=[Script(), SaveModel(path=tmp_path / "best.pt", every_epoch=True), watch])
+        learn.progress_bar.enabled = False
+        learn.fit(5, resume=resume)
+        return learn, watch.seen
+
+    _, seen = run(stop_after=2)
+    assert seen[2] == (0.5, 0, 0)
+    learn, seen = run(resume=tmp_path / "best_epoch2.pt")
+    assert seen == {3: (0.5, 0, 0), 4: (0.4, 4, 4)}  # epoch 3 neither improves nor overwrites best.pt
+    assert (learn.save_model.best, learn.save_model.best_epoch) == (0.4, 4)
