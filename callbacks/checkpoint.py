@@ -72,8 +72,9 @@ def _loader_generators(learn: Learner) -> list[torch.Generator]:
 def _shuffles(learn: Learner) -> bool:
     # A learner built only to predict has loaders that don't shuffle (or none worth the
     # name): the saved loader states have nothing to restore there, and that's fine.
-    samplers = [getattr(dl, "sampler", None) for dl in (learn.train_dl, learn.valid_dl)]
-    samplers += [getattr(getattr(dl, "batch_sampler", None), "sampler", None) for dl in (learn.train_dl, learn.valid_dl)]
+    loaders = (learn.train_dl, learn.valid_dl)
+    samplers = [getattr(dl, "sampler", None) for dl in loaders]
+    samplers += [getattr(getattr(dl, "batch_sampler", None), "sampler", None) for dl in loaders]
     return any(isinstance(s, RandomSampler) for s in samplers) or bool(_loader_generators(learn))
 
 
@@ -212,7 +213,8 @@ def read_checkpoint(learn: Learner, path: str | Path, with_opt: bool = True) -> 
     path = Path(path)
     if not path.is_file():
         if path.is_dir():
-            raise ValueError(f"{str(path)!r} is a directory, not a checkpoint; give the path of a file learn.save wrote.")
+            raise ValueError(f"{str(path)!r} is a directory, not a checkpoint; "
+                             "give the path of a file learn.save wrote.")
         raise FileNotFoundError(f"no checkpoint at {str(path)!r}; write one with learn.save(path) or SaveModel.")
     state = _Checkpoint(_load_file(path))
     state.path = path
@@ -269,7 +271,8 @@ def _load_file(path: Path) -> dict[str, Any]:
         ) from err
     except Exception as err:  # a damaged file fails in many ways: RuntimeError, EOFError, OverflowError, KeyError...
         raise ValueError(
-            f"cannot read checkpoint {str(path)!r}: the file is damaged or not a torch file ({type(err).__name__}: {err})."
+            f"cannot read checkpoint {str(path)!r}: the file is damaged or not a torch file "
+            f"({type(err).__name__}: {err})."
         ) from err
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(
@@ -301,7 +304,8 @@ def _check_layout(state: dict[str, Any], path: Path) -> None:
             f"loopkit reads versions {list(VERSIONS)}; upgrade loopkit to read it."
         )
     model = state["model"]
-    if not isinstance(model, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in model.items()):
+    if not (isinstance(model, dict)
+            and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in model.items())):  # fmt: skip
         raise _refuse(path, "its 'model' entry is not a state_dict (names to tensors)")
     if not (_is_int(state["epoch"]) and _is_int(state["n_epochs"]) and _is_int(state["train_iter"])):
         raise _refuse(path, f"its position is not counts (epoch {state['epoch']!r}, n_epochs {state['n_epochs']!r}, "
@@ -315,7 +319,8 @@ def _check_layout(state: dict[str, Any], path: Path) -> None:
     if state["version"] >= 2 and opt is not None and not isinstance(state.get("opt_class"), str):
         raise _refuse(path, "it has an optimizer state but no 'opt_class' naming the optimizer")
     callbacks = state["callbacks"]
-    if not isinstance(callbacks, dict) or not all(isinstance(k, str) and isinstance(v, dict) for k, v in callbacks.items()):
+    if not (isinstance(callbacks, dict)
+            and all(isinstance(k, str) and isinstance(v, dict) for k, v in callbacks.items())):  # fmt: skip
         raise _refuse(path, "its 'callbacks' entry is not a dict of callback names to their state_dict()")
     _check_rng(state["rng"], path, "rng")
     if "rng_ranks" in state:
@@ -376,16 +381,17 @@ def _opt_class(opt: Any) -> str:
 
 def _check_opt(opt: Any, saved: dict[str, Any], saved_class: str | None, path: Path) -> None:
     """Raise a `ValueError` unless `opt.load_state_dict(saved)` gives a working optimizer."""
-    fix = "Build the optimizer as in the run that saved it, or load the weights alone with learn.load(path, with_opt=False)."
+    fix = ("Build the optimizer as in the run that saved it, or load the weights alone with "
+           "learn.load(path, with_opt=False).")
     if saved_class is not None and saved_class != _opt_class(opt):
         raise ValueError(f"checkpoint {str(path)!r} holds the state of a {saved_class} optimizer but this learner's "
                          f"is a {_opt_class(opt)}. {fix}")  # fmt: skip
     groups, saved_groups = opt.param_groups, saved["param_groups"]
-    if len(groups) != len(saved_groups) or any(len(g["params"]) != len(s["params"]) for g, s in zip(groups, saved_groups)):
+    counts, saved_counts = [len(g["params"]) for g in groups], [len(s["params"]) for s in saved_groups]
+    if counts != saved_counts:
         raise ValueError(
-            f"checkpoint {str(path)!r} has an optimizer with {len(saved_groups)} param group(s) of "
-            f"{[len(s['params']) for s in saved_groups]} parameters, but this learner's has {len(groups)} of "
-            f"{[len(g['params']) for g in groups]}. {fix}"
+            f"checkpoint {str(path)!r} has an optimizer with {len(saved_counts)} param group(s) of "
+            f"{saved_counts} parameters, but this learner's has {len(counts)} of {counts}. {fix}"
         )
     ids = [i for s in saved_groups for i in s["params"]]
     if len(set(ids)) != len(ids) or not set(saved["state"]) <= set(ids):
@@ -411,10 +417,12 @@ def _check_opt(opt: Any, saved: dict[str, Any], saved_class: str | None, path: P
                 )
     for param, param_state in probe.state.items():
         for key, value in param_state.items():
-            if isinstance(value, torch.Tensor) and value.ndim > 0 and not _fits(value, param, opt.state.get(param, {}).get(key)):
+            live = opt.state.get(param, {}).get(key)
+            if isinstance(value, torch.Tensor) and value.ndim > 0 and not _fits(value, param, live):
                 raise ValueError(
-                    f"checkpoint {str(path)!r} has optimizer state {key!r} of shape {tuple(value.shape)} for a parameter "
-                    f"of shape {tuple(param.shape)}: its param groups hold the parameters in another order. {fix}"
+                    f"checkpoint {str(path)!r} has optimizer state {key!r} of shape {tuple(value.shape)} for a "
+                    f"parameter of shape {tuple(param.shape)}: its param groups hold the parameters in another "
+                    f"order. {fix}"
                 )
 
 

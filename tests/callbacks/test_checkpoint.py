@@ -335,7 +335,9 @@ def damage(state: dict[str, Any], how: str) -> None:
     (sgd_momentum, "callback state", r"AvgStats could not restore its state"),
 ])  # fmt: skip
 @pytest.mark.parametrize("via", ["load", "resume"])
-def test_a_refused_checkpoint_names_the_file_and_leaves_the_learner_bitwise_unchanged(tmp_path, saved_with, how, match, via):
+def test_a_refused_checkpoint_names_the_file_and_leaves_the_learner_bitwise_unchanged(
+    tmp_path, saved_with, how, match, via
+):
     saved = trained(opt_func=saved_with)
     state = torch.load(saved.save(tmp_path / "good.pt"), weights_only=True)
     if how is not None:
@@ -421,8 +423,8 @@ def test_every_byte_flip_loads_or_is_refused_by_name_without_changes(tmp_path):
 def test_loading_weights_for_inference_does_not_warn_about_loaders(tmp_path):
     learn = trained()
     x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
-    learn.dls = (DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(0)),
-                 None)  # fmt: skip
+    generator = torch.Generator().manual_seed(0)
+    learn.dls = (DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True, generator=generator), None)
     path = learn.save(tmp_path / "ckpt.pt")
     assert len(torch.load(path, weights_only=True)["rng"]["loaders"]) == 1
     predictor = Learner(tiny_model(), ([], None), F.cross_entropy, default_cbs=False)
@@ -431,7 +433,7 @@ def test_loading_weights_for_inference_does_not_warn_about_loaders(tmp_path):
         predictor.load(path, with_opt=False)
     assert torch.equal(predictor.model.weight, learn.model.weight)
     shuffled = make_learner(default_cbs=True, opt_func=sgd_momentum)
-    shuffled.dls = (DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True), None)  # shuffles, but from no generator
+    shuffled.dls = (DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True), None)  # from no generator
     with pytest.warns(UserWarning, match="1 loader generator state"):
         shuffled.load(path)
 
@@ -555,7 +557,8 @@ def test_save_model_refuses_a_directory_or_a_folder_it_cannot_make_before_traini
     with pytest.raises(ValueError, match=match):
         learn.fit(2)
     assert "before_epoch" not in tracer.trace
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker", "models"] and not any((tmp_path / "models").iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker", "models"]
+    assert not any((tmp_path / "models").iterdir())
 
 
 def test_a_fit_resumed_from_save_models_checkpoint_compares_against_the_saved_best(tmp_path):
@@ -581,7 +584,8 @@ def test_a_fit_resumed_from_save_models_checkpoint_compares_against_the_saved_be
 
     def run(stop_after=None, resume=None):
         watch = Watch(stop_after)
-        learn = make_learner(default_cbs=True, cbs=[Script(), SaveModel(path=tmp_path / "best.pt", every_epoch=True), watch])
+        save_model = SaveModel(path=tmp_path / "best.pt", every_epoch=True)
+        learn = make_learner(default_cbs=True, cbs=[Script(), save_model, watch])
         learn.progress_bar.enabled = False
         learn.fit(5, resume=resume)
         return learn, watch.seen
