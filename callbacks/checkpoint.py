@@ -4,9 +4,10 @@ A checkpoint is one file written by `torch.save` holding only plain data
 (tensors, numbers, strings, lists, tuples and dicts), so it loads with
 `torch.load(..., weights_only=True)` and opening one cannot run code:
 
-    format, version     "loopkit-checkpoint", 1
+    format, version     "loopkit-checkpoint", 2 (version 1 had no opt_class)
     model               the plain module's state_dict (never DDP-prefixed keys)
     opt                 the optimizer's state_dict, or None
+    opt_class           the optimizer's class name (e.g. "AdamW"), or None
     epoch, n_epochs     the position: the epoch just finished, of how many
     train_iter          training batches completed in that fit
     callbacks           {callback name: its state_dict()} for callbacks that have one
@@ -14,18 +15,22 @@ A checkpoint is one file written by `torch.save` holding only plain data
                         the generators the loaders shuffle with
     rng_ranks           under distributed training, every rank's `rng`, by rank
 
-Files are written to a temporary name beside the target and renamed over it, so a
-crash mid-write leaves the previous checkpoint intact.
+Files are written to a temporary name beside the target (`.<name>.tmp`) and renamed
+over it, so a crash mid-write leaves the previous checkpoint intact. Reading checks the
+whole file against the learner before anything is changed (`read_checkpoint`).
 """
 
 from __future__ import annotations
 
+import copy
+import glob
+import numbers
 import os
 import pickle
 import random
-import tempfile
 import warnings
 import zipfile
+from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +38,7 @@ import numpy as np
 import torch
 from torch import distributed as dist
 from torch import nn
+from torch.utils.data import RandomSampler
 
 from loopkit import Callback
 
@@ -42,7 +48,8 @@ from ._monitor import Monitor
 if TYPE_CHECKING:
     from loopkit import Learner
 
-FORMAT, VERSION = "loopkit-checkpoint", 1
+FORMAT, VERSION = "loopkit-checkpoint", 2
+VERSIONS = (1, 2)  # version 2 added "opt_class"
 
 
 def plain_model(model: nn.Module) -> nn.Module:
@@ -60,6 +67,15 @@ def _loader_generators(learn: Learner) -> list[torch.Generator]:
             if isinstance(gen, torch.Generator):
                 found.setdefault(id(gen), gen)
     return list(found.values())
+
+
+def _shuffles(learn: Learner) -> bool:
+    # A learner built only to predict has loaders that don't shuffle (or none worth the
+    # name): the saved loader states have nothing to restore there, and that's fine.
+    loaders = (learn.train_dl, learn.valid_dl)
+    samplers = [getattr(dl, "sampler", None) for dl in loaders]
+    samplers += [getattr(getattr(dl, "batch_sampler", None), "sampler", None) for dl in loaders]
+    return any(isinstance(s, RandomSampler) for s in samplers) or bool(_loader_generators(learn))
 
 
 def rng_state(learn: Learner) -> dict[str, Any]:
@@ -86,7 +102,7 @@ def set_rng_state(learn: Learner, state: dict[str, Any]) -> None:
     if len(generators) == len(state["loaders"]):
         for gen, gen_state in zip(generators, state["loaders"]):
             gen.set_state(gen_state)
-    else:
+    elif _shuffles(learn):
         warnings.warn(
             f"the checkpoint has {len(state['loaders'])} loader generator state(s) but the loaders have "
             f"{len(generators)}; shuffling will not continue exactly. Build the loaders as in the saved run.",
@@ -116,6 +132,7 @@ def save_checkpoint(learn: Learner, path: str | Path) -> Path:
             "version": VERSION,
             "model": plain_model(learn.model).state_dict(),
             "opt": learn.opt.state_dict() if learn.opt is not None else None,
+            "opt_class": _opt_class(learn.opt) if learn.opt is not None else None,
             "epoch": learn.epoch,
             "n_epochs": learn.n_epochs,
             "train_iter": learn.train_iter,
@@ -131,49 +148,216 @@ def save_checkpoint(learn: Learner, path: str | Path) -> Path:
 
 
 def _write_atomically(state: dict[str, Any], path: Path) -> None:
+    if path.is_dir():
+        raise ValueError(f"cannot save a checkpoint to {str(path)!r}: it is a directory; give a file path such as "
+                         f"{str(path / 'best.pt')!r}.")  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # One fixed temporary name per target: a save killed mid-write leaves at most one behind,
+    # and the next save of the same checkpoint reuses (and so removes) it.
+    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        with os.fdopen(fd, "wb") as file:
+        tmp.unlink(missing_ok=True)  # never write through a stale file (or a link someone left there)
+        with open(tmp, "xb") as file:  # like any new file: mode 0o666 less the umask (mkstemp gave 0o600)
             torch.save(state, file)
             file.flush()
             os.fsync(file.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        interrupt = _interrupt_behind(err)
+        if interrupt is not None:
+            raise interrupt from None
         raise
+    # Temporary files of older loopkit versions had random names (`.best.pt.k3j9x_2a.tmp`).
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.{'?' * 8}.tmp"):
+        stale.unlink(missing_ok=True)
 
 
-def read_checkpoint(learn: Learner, path: str | Path) -> dict[str, Any]:
-    """Read and check a checkpoint against `learn`'s model without changing anything.
+def _interrupt_behind(err: BaseException) -> BaseException | None:
+    # Ctrl-C inside torch.save's file writes surfaces as torch's "[enforce fail ...] unexpected
+    # pos" RuntimeError, with the KeyboardInterrupt only as its context: find it, so the user
+    # who pressed Ctrl-C gets a KeyboardInterrupt.
+    if not isinstance(err, Exception):
+        return None
+    seen: set[int] = set()
+    context = err.__context__
+    while context is not None and id(context) not in seen:
+        if isinstance(context, (KeyboardInterrupt, SystemExit)):
+            return context
+        seen.add(id(context))
+        context = context.__context__
+    return None
 
-    Raises `FileNotFoundError`, a `ValueError` naming what is wrong with the file
-    (not plain data, not a loopkit checkpoint), or a `ValueError` listing the
-    missing and unexpected keys and the shape mismatches against the model.
+
+class _Checkpoint(dict[str, Any]):
+    """A checkpoint's contents as `read_checkpoint` checked them, with the file they came from."""
+
+    path: Path
+    checked_opt: Any = None  # the optimizer the "opt" entry was checked against
+
+
+def read_checkpoint(learn: Learner, path: str | Path, with_opt: bool = True) -> dict[str, Any]:
+    """Read a checkpoint and check all of it against `learn`, without changing anything.
+
+    Everything `apply_checkpoint` will use is checked here: the layout of the file, the
+    model's keys and shapes, the position, the callbacks' entries, every RNG state, and
+    (with `with_opt`, when `learn` has an optimizer) that the optimizer state fits it:
+    same optimizer class, same number of param groups with the same number of
+    parameters, per-parameter state of the parameters' shapes.
+
+    Raises `FileNotFoundError`, or a `ValueError` naming the file and what is wrong with
+    it: damaged or not a torch file, not plain data, not a loopkit checkpoint, an entry
+    missing or malformed, the missing and unexpected keys and shape mismatches against
+    the model, or an optimizer state that does not fit.
     """
     path = Path(path)
     if not path.is_file():
+        if path.is_dir():
+            raise ValueError(f"{str(path)!r} is a directory, not a checkpoint; "
+                             "give the path of a file learn.save wrote.")
         raise FileNotFoundError(f"no checkpoint at {str(path)!r}; write one with learn.save(path) or SaveModel.")
+    state = _Checkpoint(_load_file(path))
+    state.path = path
+    _check_layout(state, path)
+    _check_model_keys(plain_model(learn.model), state["model"], path)
+    if with_opt and state["opt"] is not None and learn.opt is not None:
+        _check_opt(learn.opt, state["opt"], state.get("opt_class"), path)
+        state.checked_opt = learn.opt
+    _try_callback_states(learn, state["callbacks"], path)
+    return state
+
+
+def _try_callback_states(learn: Learner, states: dict[str, dict[str, Any]], path: Path) -> None:
+    # Each callback loads its state into a copy of itself (sharing the learner, model,
+    # optimizer and loaders, never copying them), so a state it can't take is refused now,
+    # before a fit starts. apply_checkpoint still puts callbacks back if a real load fails.
+    shared = [learn, learn.model, plain_model(learn.model), learn.opt, learn.dls, learn.train_dl, learn.valid_dl]
+    for name, cb_state in states.items():
+        cb = getattr(learn, name, None)
+        if not isinstance(cb, Callback) or not callable(getattr(cb, "load_state_dict", None)):
+            continue
+        try:
+            trial = copy.deepcopy(cb, {id(obj): obj for obj in shared})
+        except Exception:
+            continue  # holds something that can't be copied; apply_checkpoint's rollback covers it
+        try:
+            trial.load_state_dict(copy.deepcopy(cb_state))
+        except Exception as err:
+            raise _cannot_restore(path, cb, err) from err
+
+
+def _cannot_restore(path: Path, cb: Callback, err: Exception) -> ValueError:
+    return _refuse(path, f"{type(cb).__name__} could not restore its state from it ({type(err).__name__}: {err})")
+
+
+def _load_file(path: Path) -> dict[str, Any]:
     if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; a cut-off one has no directory
         raise ValueError(f"cannot read checkpoint {str(path)!r}: the file is damaged (truncated?) or not a torch file.")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a damaged file can make torch warn about its protocol before failing
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        refused = next((line.strip() for line in str(err).splitlines() if "Unsupported" in line), "")
+        # torch names what it refused: "Unsupported global: GLOBAL x.y" is an object that is not
+        # plain data; anything else ("Unsupported operand 152") is a damaged pickle.
+        unsupported = [line.strip() for line in str(err).splitlines() if "Unsupported" in line]
+        if not any("Unsupported global" in line for line in unsupported):
+            detail = unsupported[0] if unsupported else type(err).__name__
+            raise ValueError(f"cannot read checkpoint {str(path)!r}: the file is damaged ({detail}).") from err
         raise ValueError(
             f"refusing to load {str(path)!r}: it contains pickled objects that are not plain data "
-            f"({refused or 'see the cause above'}), and unpickling them could run code. loopkit checkpoints hold "
+            f"({unsupported[0]}), and unpickling them could run code. loopkit checkpoints hold "
             "only tensors and plain values; if you trust this file, open it with torch.load(weights_only=False)."
         ) from err
-    except (RuntimeError, EOFError) as err:
-        raise ValueError(f"cannot read checkpoint {str(path)!r}: the file is damaged or not a torch file ({err}).") from None
+    except Exception as err:  # a damaged file fails in many ways: RuntimeError, EOFError, OverflowError, KeyError...
+        raise ValueError(
+            f"cannot read checkpoint {str(path)!r}: the file is damaged or not a torch file "
+            f"({type(err).__name__}: {err})."
+        ) from err
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(
             f"{str(path)!r} is not a loopkit checkpoint (no 'format': {FORMAT!r}); "
             "for a bare state_dict use model.load_state_dict(torch.load(path, weights_only=True))."
         )
-    _check_model_keys(plain_model(learn.model), state["model"], path)
     return state
+
+
+def _refuse(path: Path, problem: str) -> ValueError:
+    return ValueError(
+        f"cannot load checkpoint {str(path)!r}: {problem}. The file is damaged or was not written by learn.save; "
+        "nothing was changed."
+    )
+
+
+def _is_int(value: Any, low: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _check_layout(state: dict[str, Any], path: Path) -> None:
+    missing = [key for key in ("version", "model", "opt", "epoch", "n_epochs", "train_iter", "callbacks", "rng")
+               if key not in state]  # fmt: skip
+    if missing:
+        raise _refuse(path, f"it has no {missing} entr{'y' if len(missing) == 1 else 'ies'}")
+    if state["version"] not in VERSIONS:
+        raise ValueError(
+            f"cannot load checkpoint {str(path)!r}: it is version {state['version']!r} of the format and this "
+            f"loopkit reads versions {list(VERSIONS)}; upgrade loopkit to read it."
+        )
+    model = state["model"]
+    if not (isinstance(model, dict)
+            and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in model.items())):  # fmt: skip
+        raise _refuse(path, "its 'model' entry is not a state_dict (names to tensors)")
+    if not (_is_int(state["epoch"]) and _is_int(state["n_epochs"]) and _is_int(state["train_iter"])):
+        raise _refuse(path, f"its position is not counts (epoch {state['epoch']!r}, n_epochs {state['n_epochs']!r}, "
+                            f"train_iter {state['train_iter']!r})")  # fmt: skip
+    opt = state["opt"]
+    if opt is not None and not (
+        isinstance(opt, dict) and isinstance(opt.get("state"), dict) and isinstance(opt.get("param_groups"), list)
+        and all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in opt["param_groups"])
+    ):  # fmt: skip
+        raise _refuse(path, "its 'opt' entry is not an optimizer state_dict ('state' and 'param_groups')")
+    if state["version"] >= 2 and opt is not None and not isinstance(state.get("opt_class"), str):
+        raise _refuse(path, "it has an optimizer state but no 'opt_class' naming the optimizer")
+    callbacks = state["callbacks"]
+    if not (isinstance(callbacks, dict)
+            and all(isinstance(k, str) and isinstance(v, dict) for k, v in callbacks.items())):  # fmt: skip
+        raise _refuse(path, "its 'callbacks' entry is not a dict of callback names to their state_dict()")
+    _check_rng(state["rng"], path, "rng")
+    if "rng_ranks" in state:
+        if not isinstance(state["rng_ranks"], list):
+            raise _refuse(path, "its 'rng_ranks' entry is not a list of RNG states by rank")
+        for rank, rng in enumerate(state["rng_ranks"]):
+            _check_rng(rng, path, f"rng_ranks[{rank}]")
+
+
+def _check_rng(rng: Any, path: Path, entry: str) -> None:
+    # Each state is tried on a fresh generator of its kind, so whatever the real one would
+    # refuse at apply time is refused now, and no global RNG is touched.
+    if not isinstance(rng, dict) or not {"python", "numpy", "torch", "loaders"} <= set(rng):
+        raise _refuse(path, f"its {entry!r} entry does not hold the python, numpy, torch and loader RNG states")
+    try:
+        random.Random().setstate(rng["python"])
+        name, keys, *rest = rng["numpy"]
+        if not (isinstance(keys, torch.Tensor) and keys.dtype == torch.int64 and keys.shape == (624,)
+                and bool(((keys >= 0) & (keys < 2**32)).all())):  # fmt: skip
+            raise ValueError(f"the numpy key is not 624 uint32 values (got {keys!r:.60})")
+        np.random.RandomState().set_state((name, keys.numpy().astype(np.uint32), *rest))
+        _check_generator_state(rng["torch"])
+        if not isinstance(rng["loaders"], list):
+            raise ValueError("the loaders' states are not a list")
+        for gen_state in rng["loaders"]:
+            _check_generator_state(gen_state)
+        cuda = rng.get("cuda", [])
+        if not isinstance(cuda, list) or not all(isinstance(s, torch.Tensor) and s.dtype == torch.uint8 for s in cuda):
+            raise ValueError("the CUDA states are not a list of byte tensors")
+    except Exception as err:
+        raise _refuse(path, f"its {entry!r} entry holds an invalid RNG state ({type(err).__name__}: {err})") from err
+
+
+def _check_generator_state(gen_state: Any) -> None:
+    if not isinstance(gen_state, torch.Tensor) or gen_state.dtype != torch.uint8 or gen_state.ndim != 1:
+        raise ValueError(f"a torch generator state is a 1-d uint8 tensor, got {gen_state!r:.60}")
+    torch.Generator().set_state(gen_state)
 
 
 def _check_model_keys(model: nn.Module, saved: dict[str, torch.Tensor], path: Path) -> None:
@@ -191,23 +375,137 @@ def _check_model_keys(model: nn.Module, saved: dict[str, torch.Tensor], path: Pa
         )
 
 
+def _opt_class(opt: Any) -> str:
+    return type(opt).__qualname__
+
+
+def _check_opt(opt: Any, saved: dict[str, Any], saved_class: str | None, path: Path) -> None:
+    """Raise a `ValueError` unless `opt.load_state_dict(saved)` gives a working optimizer."""
+    fix = ("Build the optimizer as in the run that saved it, or load the weights alone with "
+           "learn.load(path, with_opt=False).")
+    if saved_class is not None and saved_class != _opt_class(opt):
+        raise ValueError(f"checkpoint {str(path)!r} holds the state of a {saved_class} optimizer but this learner's "
+                         f"is a {_opt_class(opt)}. {fix}")  # fmt: skip
+    groups, saved_groups = opt.param_groups, saved["param_groups"]
+    counts, saved_counts = [len(g["params"]) for g in groups], [len(s["params"]) for s in saved_groups]
+    if counts != saved_counts:
+        raise ValueError(
+            f"checkpoint {str(path)!r} has an optimizer with {len(saved_counts)} param group(s) of "
+            f"{saved_counts} parameters, but this learner's has {len(counts)} of {counts}. {fix}"
+        )
+    ids = [i for s in saved_groups for i in s["params"]]
+    if len(set(ids)) != len(ids) or not set(saved["state"]) <= set(ids):
+        raise _refuse(path, "its optimizer state refers to parameters that are not in its param groups")
+    if not isinstance(opt, torch.optim.Optimizer):
+        return  # a home-made optimizer: nothing more is known about its state
+    # Load into a probe that shares nothing mutable with `opt`, so torch itself tells
+    # whether the state loads, and fills in the defaults of keys older files lack.
+    probe = type(opt).__new__(type(opt))
+    probe.__setstate__({"defaults": dict(opt.defaults), "state": defaultdict(dict),
+                        "param_groups": [dict(g) for g in groups]})  # fmt: skip
+    try:
+        probe.load_state_dict(saved)
+    except Exception as err:
+        raise _refuse(path, f"its optimizer state does not load ({type(err).__name__}: {err})") from err
+    for group, loaded in zip(groups, probe.param_groups):
+        for key in opt.defaults:  # the hyper-parameters step reads (not e.g. a scheduler's initial_lr)
+            value = group.get(key)
+            if not _same_kind(value, loaded.get(key, _MISSING)):
+                raise ValueError(
+                    f"checkpoint {str(path)!r} has an optimizer whose param groups have {key!r} = "
+                    f"{loaded.get(key, 'nothing')!r}, but this learner's {type(opt).__name__} uses {value!r}. {fix}"
+                )
+    for param, param_state in probe.state.items():
+        for key, value in param_state.items():
+            live = opt.state.get(param, {}).get(key)
+            if isinstance(value, torch.Tensor) and value.ndim > 0 and not _fits(value, param, live):
+                raise ValueError(
+                    f"checkpoint {str(path)!r} has optimizer state {key!r} of shape {tuple(value.shape)} for a "
+                    f"parameter of shape {tuple(param.shape)}: its param groups hold the parameters in another "
+                    f"order. {fix}"
+                )
+
+
+_MISSING = object()
+
+
+def _same_kind(value: Any, loaded: Any) -> bool:
+    # The hyper-parameters `step` reads must keep their type: a number stays a number
+    # (or a tensor), a tuple of betas a tuple of as many numbers, a flag a flag.
+    if loaded is _MISSING:
+        return False
+    if value is None or isinstance(value, str):
+        return loaded is None or isinstance(loaded, (str, bool))
+    if isinstance(value, bool):
+        return isinstance(loaded, bool)
+    if isinstance(value, (numbers.Real, torch.Tensor)):
+        return isinstance(loaded, (numbers.Real, torch.Tensor)) and not isinstance(loaded, bool)
+    if isinstance(value, (tuple, list)):
+        return (isinstance(loaded, (tuple, list)) and len(loaded) == len(value)
+                and all(_same_kind(v, w) for v, w in zip(value, loaded)))  # fmt: skip
+    return True
+
+
+def _fits(value: torch.Tensor, param: torch.Tensor, live: Any) -> bool:
+    if isinstance(live, torch.Tensor):
+        return value.shape == live.shape
+    # Per-parameter buffers have the parameter's shape, or a factored form of it with
+    # some sizes 1 (Adafactor's row and column variances).
+    return value.ndim == param.ndim and all(v in (p, 1) for v, p in zip(value.shape, param.shape))
+
+
 def apply_checkpoint(learn: Learner, state: dict[str, Any], with_opt: bool = True) -> None:
-    """Load a checked checkpoint into `learn`: model, optimizer, callbacks, RNG and position."""
-    plain_model(learn.model).load_state_dict(state["model"])
+    """Load a checkpoint that `read_checkpoint` checked into `learn`: model, optimizer, callbacks, RNG, position.
+
+    A callback whose state the learner lacks is skipped with a warning (unless
+    `with_opt=False`, which loads weights for inference). If a callback fails to
+    restore its state, every callback is put back as it was and a `ValueError` is
+    raised before anything else changes.
+    """
+    path = getattr(state, "path", Path("<checkpoint>"))
+    model = plain_model(learn.model)
+    _check_model_keys(model, state["model"], path)  # again: callbacks may have changed the model since the read
+    opt = None
     if with_opt and state["opt"] is not None:
-        if learn.opt is None:
-            learn.opt = learn.opt_func(learn.model.parameters(), lr=learn.lr)
-        learn.opt.load_state_dict(state["opt"])
-    for name, cb_state in state["callbacks"].items():
-        cb = getattr(learn, name, None)
-        if isinstance(cb, Callback) and callable(getattr(cb, "load_state_dict", None)):
-            cb.load_state_dict(cb_state)
+        opt = learn.opt if learn.opt is not None else learn.opt_func(learn.model.parameters(), lr=learn.lr)
+        if getattr(state, "checked_opt", None) is not opt:
+            _check_opt(opt, state["opt"], state.get("opt_class"), path)
+    _load_callbacks(learn, state["callbacks"], path, warn_dropped=with_opt)
+    # Nothing below can fail: the file was checked whole.
+    model.load_state_dict(state["model"])
+    if opt is not None:
+        learn.opt = opt
+        opt.load_state_dict(state["opt"])
     rng = state["rng"]
     if "rng_ranks" in state and dist.is_available() and dist.is_initialized():
         if len(state["rng_ranks"]) == dist.get_world_size():
             rng = state["rng_ranks"][dist.get_rank()]
     set_rng_state(learn, rng)
     learn.epoch, learn.train_iter = state["epoch"], state["train_iter"]
+
+
+def _load_callbacks(learn: Learner, states: dict[str, dict[str, Any]], path: Path, warn_dropped: bool) -> None:
+    loaded: list[tuple[Callback, dict[str, Any]]] = []
+    dropped = []
+    for name, cb_state in states.items():
+        cb = getattr(learn, name, None)
+        if not isinstance(cb, Callback) or not callable(getattr(cb, "load_state_dict", None)):
+            dropped.append(name)
+            continue
+        before = copy.deepcopy(cb.state_dict())
+        loaded.append((cb, before))
+        try:
+            cb.load_state_dict(copy.deepcopy(cb_state))
+        except Exception as err:
+            for done, done_before in reversed(loaded):
+                done.load_state_dict(done_before)
+            raise _cannot_restore(path, cb, err) from err
+    if dropped and warn_dropped:
+        warnings.warn(
+            f"checkpoint {str(path)!r} holds the state of callback(s) {dropped} that this learner lacks; that state "
+            "is dropped. Add the same callbacks as the run that saved it to continue it exactly.",
+            stacklevel=4,
+        )
 
 
 class SaveModel(Callback):
@@ -224,6 +522,8 @@ class SaveModel(Callback):
     `mode` is "min" or "max". The best checkpoint is written to `path`; with
     `every_epoch` also to `<stem>_epoch<N><suffix>` beside it. Checkpoints are
     full `learn.save` files: `learn.fit(n_epochs, resume=path)` continues from one.
+    At `before_fit` (on rank 0) the folder of `path` is created, and a `ValueError`
+    is raised if `path` is a directory or the folder can't be made or written to.
     """
 
     order = 90
@@ -239,7 +539,24 @@ class SaveModel(Callback):
         if self.learn.evaluating:  # an evaluation is not a fit: nothing to save
             return
         self.monitor.check(self.learn)
+        if is_main_process():
+            self._check_path()
         self.best, self.best_epoch = None, None
+
+    def _check_path(self) -> None:
+        # Now, not at the first save an epoch later (which would also have written beside a directory).
+        if self.path.is_dir():
+            raise ValueError(f"SaveModel(path={str(self.path)!r}) is a directory; give a file path such as "
+                             f"{str(self.path / 'best.pt')!r}.")  # fmt: skip
+        folder = self.path.parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ValueError(f"SaveModel(path={str(self.path)!r}) cannot create the folder {str(folder)!r} "
+                             f"({err}); choose a folder you can write to.") from err  # fmt: skip
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise ValueError(f"SaveModel(path={str(self.path)!r}): the folder {str(folder)!r} is not writable; "
+                             "choose a folder you can write to.")  # fmt: skip
 
     def after_epoch(self) -> None:
         value = self.monitor.read(self.learn)
