@@ -454,11 +454,11 @@ def _fits(value: torch.Tensor, param: torch.Tensor, live: Any) -> bool:
     return value.ndim == param.ndim and all(v in (p, 1) for v, p in zip(value.shape, param.shape))
 
 
-def apply_checkpoint(learn: Learner, state: dict[str, Any], with_opt: bool = True) -> None:
+def apply_checkpoint(learn: Learner, state: dict[str, Any], with_opt: bool = True, resume: bool = False) -> None:
     """Load a checkpoint that `read_checkpoint` checked into `learn`: model, optimizer, callbacks, RNG, position.
 
-    A callback whose state the learner lacks is skipped with a warning (unless
-    `with_opt=False`, which loads weights for inference). If a callback fails to
+    A callback whose state the learner lacks is skipped, with a warning when
+    `resume` (a resumed fit would not continue it). If a callback fails to
     restore its state, every callback is put back as it was and a `ValueError` is
     raised before anything else changes.
     """
@@ -470,7 +470,7 @@ def apply_checkpoint(learn: Learner, state: dict[str, Any], with_opt: bool = Tru
         opt = learn.opt if learn.opt is not None else learn.opt_func(learn.model.parameters(), lr=learn.lr)
         if getattr(state, "checked_opt", None) is not opt:
             _check_opt(opt, state["opt"], state.get("opt_class"), path)
-    _load_callbacks(learn, state["callbacks"], path, warn_dropped=with_opt)
+    _load_callbacks(learn, state["callbacks"], path, warn_dropped=resume)
     # Nothing below can fail: the file was checked whole.
     model.load_state_dict(state["model"])
     if opt is not None:

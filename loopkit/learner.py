@@ -544,14 +544,15 @@ class Learner:
         """Load a checkpoint written by `save`: weights, optimizer (unless `with_opt=False`),
         callbacks' state, RNG states and position.
 
-        Nothing changes if the file is refused: a `ValueError` says why (not plain
-        data, not a checkpoint, or the missing/unexpected keys and shape
-        mismatches against this model). To continue training from it exactly, use
-        `fit(n_epochs, resume=path)` instead.
+        The whole file is checked first, and nothing changes if it is refused: a
+        `ValueError` names the file and says why (damaged or not plain data, not a
+        checkpoint, missing/unexpected keys and shape mismatches against this model,
+        another optimizer class or param groups, a damaged RNG or callback state).
+        To continue training from it exactly, use `fit(n_epochs, resume=path)` instead.
         """
         from loopkit.callbacks.checkpoint import apply_checkpoint, read_checkpoint
 
-        apply_checkpoint(self, read_checkpoint(self, path), with_opt=with_opt)
+        apply_checkpoint(self, read_checkpoint(self, path, with_opt=with_opt), with_opt=with_opt)
         return self
 
     def _read_resume(self, path: str | Path, n_epochs: int) -> dict[str, Any]:
@@ -574,7 +575,7 @@ class Learner:
     def _apply_resume(self, checkpoint: dict[str, Any]) -> None:
         from loopkit.callbacks.checkpoint import apply_checkpoint
 
-        apply_checkpoint(self, checkpoint)
+        apply_checkpoint(self, checkpoint, resume=True)
 
     # -- schedules ------------------------------------------------------------------------
 
