@@ -5,6 +5,7 @@ from .checkpoint import SaveModel
 from .csvlog import CSVLogger
 from .device import Device, pick_device, to_device
 from .distributed import Distributed, ShardBatchSampler
+from .interpret import ClassificationInterpretation, TopLosses
 from .precision import GradientClip, MixedPrecision
 from .progress import ProgressBar
 from .recorder import Recorder
@@ -33,6 +34,7 @@ __all__ = [
     "Annealer",
     "AvgStats",
     "CSVLogger",
+    "ClassificationInterpretation",
     "Device",
     "Distributed",
     "EarlyStopping",
@@ -48,6 +50,7 @@ __all__ = [
     "SaveModel",
     "ShardBatchSampler",
     "TerminateOnNaN",
+    "TopLosses",
     "TorchScheduler",
     "TrainEval",
     "WeightedSums",
