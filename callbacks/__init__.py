@@ -6,6 +6,7 @@ from .csvlog import CSVLogger
 from .device import Device, pick_device, to_device
 from .distributed import Distributed, ShardBatchSampler
 from .evaluation import GatherPreds, per_sample_loss_func
+from .interpret import ClassificationInterpretation, TopLosses
 from .precision import GradientClip, MixedPrecision
 from .progress import ProgressBar
 from .recorder import Recorder
@@ -34,6 +35,7 @@ __all__ = [
     "Annealer",
     "AvgStats",
     "CSVLogger",
+    "ClassificationInterpretation",
     "Device",
     "Distributed",
     "EarlyStopping",
@@ -50,6 +52,7 @@ __all__ = [
     "SaveModel",
     "ShardBatchSampler",
     "TerminateOnNaN",
+    "TopLosses",
     "TorchScheduler",
     "TrainEval",
     "WeightedSums",

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from loopkit import ImageData, Learner, digits, image_folder, mnist_idx
+from loopkit.callbacks import ClassificationInterpretation
 
 
 def make_parser(doc: str, name: str, epochs: int, bs: int, lr: float | None,
@@ -91,15 +92,30 @@ def report(final: dict[str, float], out: Path, files: Sequence[str]) -> dict[str
     return final
 
 
-def save_outputs(learn: Learner, out: Path, sched: bool = False, also: Sequence[str] = ()) -> dict[str, float]:
-    """Write metrics.csv, loss.png, sched.png (when `sched`) and model.pt into `out`, and report.
+def write_confusion(interp: ClassificationInterpretation, out: Path) -> str:
+    """Write `out/confusion.png`, print the most confused classes; return the file's name."""
+    interp.plot_confusion_matrix(path=out / "confusion.png")
+    mistakes = ", ".join(f"{actual} as {predicted} ({count})" for actual, predicted, count in interp.most_confused(k=3))
+    print(f"most confused (actual as predicted): {mistakes or 'none'}")
+    return "confusion.png"
 
-    `also` names files the recipe wrote there itself, for the report. Returns the last
-    epoch's figures (`train_loss`, `valid_loss`, `accuracy`). Under distributed
-    training every rank has the same figures, and only rank 0 writes.
+
+def save_outputs(learn: Learner, out: Path, sched: bool = False, also: Sequence[str] = (),
+                 classes: Sequence[str] | None = None) -> dict[str, float]:  # fmt: skip
+    """Evaluate the trained model, write its outputs into `out`, and report.
+
+    The final figures come from `learn.validate()` on the valid loader, and the
+    confusion matrix from `ClassificationInterpretation.from_learner(learn)`, with
+    `classes` naming the classes. Writes metrics.csv, loss.png, sched.png (when
+    `sched`), confusion.png and model.pt; `also` names files the recipe wrote there
+    itself, for the report. Returns `train_loss` (the last epoch's), `valid_loss`
+    and `accuracy`. Under distributed training every rank evaluates (evaluations are
+    collective) and has the same figures, and only rank 0 writes.
     """
     history = learn.avg_stats.history
-    final = {k: v for k, v in history[-1].items() if k != "epoch"}
+    valid = learn.validate()
+    interp = ClassificationInterpretation.from_learner(learn, vocab=classes)
+    final = {"train_loss": history[-1]["train_loss"], "valid_loss": valid.loss, **valid.metrics}
     if getattr(learn, "distributed", None) is not None and learn.distributed.rank != 0:
         return final
     out.mkdir(parents=True, exist_ok=True)
@@ -107,7 +123,8 @@ def save_outputs(learn: Learner, out: Path, sched: bool = False, also: Sequence[
     learn.recorder.plot_loss(path=out / "loss.png")
     if sched:
         learn.recorder.plot_sched(path=out / "sched.png")
+    confusion = write_confusion(interp, out)
     # Weights only, on the CPU: loads anywhere with torch.load(path, weights_only=True).
     torch.save({k: v.cpu() for k, v in learn.model.state_dict().items()}, out / "model.pt")
-    files = ["metrics.csv", "loss.png", *(["sched.png"] if sched else []), "model.pt", *also]
+    files = ["metrics.csv", "loss.png", *(["sched.png"] if sched else []), confusion, "model.pt", *also]
     return report(final, out, files)

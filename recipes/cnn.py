@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     model = make_cnn(data.train[0].shape[1], len(data.classes))
     learn = Learner(model, dls, F.cross_entropy, opt_func=partial(torch.optim.SGD, momentum=0.9), metrics=[accuracy])
     learn.fit_one_cycle(args.epochs, args.lr)
-    return save_outputs(learn, args.out, sched=True)
+    return save_outputs(learn, args.out, sched=True, classes=data.classes)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     model = nn.Sequential(nn.Flatten(), nn.Linear(data.train[0][0].numel(), len(data.classes)))
     learn = Learner(model, dls, F.cross_entropy, opt_func=torch.optim.SGD, lr=args.lr, metrics=[accuracy])
     learn.fit(args.epochs)
-    return save_outputs(learn, args.out)
+    return save_outputs(learn, args.out, classes=data.classes)
 
 
 if __name__ == "__main__":

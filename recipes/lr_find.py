@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     lr = args.lr if args.lr is not None else found.lr_steep
     print(f"lr_find suggests lr_steep {found.lr_steep:.3g}, lr_min {found.lr_min:.3g}; training at lr_max {lr:.3g}")
     learn.fit_one_cycle(args.epochs, lr)
-    return {**save_outputs(learn, args.out, sched=True, also=["lr_find.png"]), "lr": lr}
+    return {**save_outputs(learn, args.out, sched=True, also=["lr_find.png"], classes=data.classes), "lr": lr}
 
 
 if __name__ == "__main__":

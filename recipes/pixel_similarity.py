@@ -5,7 +5,9 @@ training split; a validation image gets the class at the smallest mean squared
 pixel distance. Every learned model in the other recipes must beat this figure.
 The reported loss is the cross-entropy of the negative distances read as logits,
 printed for completeness; only the accuracy means much here. Writes metrics.csv
-(one row) and model.pt (the mean images) into --out; there is no loss curve.
+(one row), confusion.png (from a `ClassificationInterpretation` of the scores, to
+compare with the learned models') and model.pt (the mean images) into --out; there
+is no loss curve.
 --epochs and --lr are accepted, like every recipe's, but change nothing; --bs is
 the number of images scored at once.
 
@@ -19,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from loopkit.recipes._common import load_data, make_parser, report, seed_everything, write_metrics
+from loopkit.callbacks import ClassificationInterpretation
+from loopkit.recipes._common import load_data, make_parser, report, seed_everything, write_confusion, write_metrics
 
 EPOCHS, BS, LR = 1, 64, 0.0  # nothing is trained; kept for a uniform command line
 
@@ -53,8 +56,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     print("  ".join(f"{v:<10.6f}" if isinstance(v, float) else f"{v:<10}" for v in row.values()))
     args.out.mkdir(parents=True, exist_ok=True)
     write_metrics([row], args.out / "metrics.csv")
+    # No Learner here, so the interpretation is built from the scores directly.
+    losses = F.cross_entropy(scores, y, reduction="none")
+    confusion = write_confusion(ClassificationInterpretation(x, scores.softmax(1), y, losses, data.classes), args.out)
     torch.save(model.state_dict(), args.out / "model.pt")
-    return report({"valid_loss": row["valid_loss"], "accuracy": row["accuracy"]}, args.out, ["metrics.csv", "model.pt"])
+    files = ["metrics.csv", confusion, "model.pt"]
+    return report({"valid_loss": row["valid_loss"], "accuracy": row["accuracy"]}, args.out, files)
 
 
 if __name__ == "__main__":

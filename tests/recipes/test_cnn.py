@@ -16,8 +16,10 @@ from tests.recipes.conftest import read_metrics, run_recipe
 def test_cnn_meets_its_floor_and_writes_its_files(default_run):
     final, out = default_run("cnn")
     assert final["accuracy"] >= 0.97
-    assert sorted(p.name for p in out.iterdir()) == ["loss.png", "metrics.csv", "model.pt", "sched.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["confusion.png", "loss.png", "metrics.csv", "model.pt", "sched.png"]
+    # final comes from learn.validate(): the same model on the same loader as the last history row.
     assert read_metrics(out)[-1] == {"epoch": 7.0, **final}
+    assert (out / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "sched.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     weights = torch.load(out / "model.pt", weights_only=True)
     assert weights["0.1.running_var"].shape == (32,)  # batchnorm statistics are saved with the weights

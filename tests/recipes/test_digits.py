@@ -21,8 +21,10 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_digits_meets_its_floor_and_writes_its_files(default_run):
     final, out = default_run("digits")
     assert final["accuracy"] >= 0.95
-    assert sorted(p.name for p in out.iterdir()) == ["loss.png", "metrics.csv", "model.pt"]
+    assert sorted(p.name for p in out.iterdir()) == ["confusion.png", "loss.png", "metrics.csv", "model.pt"]
+    # final comes from learn.validate(): the same model on the same loader as the last history row.
     assert read_metrics(out)[-1] == {"epoch": 9.0, **final}
+    assert (out / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # model.pt holds the final weights: reloaded, they score the reported accuracy.
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 100), nn.ReLU(), nn.Linear(100, 10))
     model.load_state_dict(torch.load(out / "model.pt", weights_only=True))
@@ -37,6 +39,7 @@ def test_digits_prints_the_epoch_table_and_final_figures(tmp_path, capsys):
     assert lines[0].split() == ["epoch", "train_loss", "valid_loss", "accuracy", "time"]
     assert [line.split()[0] for line in lines[1:3]] == ["0", "1"]
     assert f"final valid_loss {final['valid_loss']:.4f}  accuracy {final['accuracy']:.4f}" in lines
+    assert any(line.startswith("most confused (actual as predicted): ") for line in lines)
 
 
 def test_digits_same_seed_same_numbers(tmp_path):
@@ -117,3 +120,6 @@ def test_digits_under_torchrun_writes_its_outputs_once_and_meets_the_floor(tmp_p
     assert [row["epoch"] for row in rows] == [float(e) for e in range(len(rows))] and len(rows) > 1
     assert rows[-1]["accuracy"] >= 0.95  # the single-process floor, with 2 ranks on gloo
     assert (tmp_path / "model.pt").is_file() and (tmp_path / "loss.png").is_file()
+    assert (tmp_path / "confusion.png").is_file()
+    # Every rank ran learn.validate() (a collective); its global figures are the last row's.
+    assert f"final valid_loss {rows[-1]['valid_loss']:.4f}  accuracy {rows[-1]['accuracy']:.4f}" in proc.stdout

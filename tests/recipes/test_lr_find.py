@@ -9,10 +9,12 @@ def test_lr_find_trains_at_the_suggestion_and_writes_its_files(default_run):
     final, out = default_run("lr_find")
     assert final["accuracy"] >= 0.97
     assert 1e-3 < final["lr"] < 10
-    names = ["loss.png", "lr_find.png", "metrics.csv", "model.pt", "sched.png"]
+    names = ["confusion.png", "loss.png", "lr_find.png", "metrics.csv", "model.pt", "sched.png"]
     assert sorted(p.name for p in out.iterdir()) == names
     assert (out / "lr_find.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert [row["epoch"] for row in read_metrics(out)] == list(range(8))  # the sweep is not in the history
+    rows = read_metrics(out)
+    assert [row["epoch"] for row in rows] == list(range(8))  # the sweep is not in the history
+    assert rows[-1] == {"epoch": 7.0, **{k: v for k, v in final.items() if k != "lr"}}  # validate() = last row
 
 
 def test_lr_find_leaves_the_fit_as_if_no_sweep_had_run(tmp_path):

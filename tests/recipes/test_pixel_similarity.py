@@ -12,7 +12,7 @@ from tests.recipes.conftest import read_metrics, run_recipe
 def test_baseline_meets_its_floor_and_writes_its_files(default_run):
     final, out = default_run("pixel_similarity")
     assert final["accuracy"] >= 0.85
-    assert sorted(p.name for p in out.iterdir()) == ["metrics.csv", "model.pt"]  # nothing trained: no loss curve
+    assert sorted(p.name for p in out.iterdir()) == ["confusion.png", "metrics.csv", "model.pt"]  # nothing trained: no loss curve
     assert read_metrics(out) == [{"epoch": 0.0, **final}]
     means = torch.load(out / "model.pt", weights_only=True)["means"]
     x, y = digits().train
