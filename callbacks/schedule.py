@@ -444,7 +444,7 @@ class TorchScheduler(Callback):
             )
         if every not in ("batch", "epoch"):
             raise ValueError(f"TorchScheduler: every must be 'batch' or 'epoch', got {every!r}.")
-        self.every, self.monitor = every, Monitor(monitor)
+        self.every, self.monitor = every, Monitor(monitor, owner="TorchScheduler")
         built = isinstance(scheduler, (LRScheduler, ReduceLROnPlateau))
         self._make: Callable[[torch.optim.Optimizer], TorchSched] | None = None if built else scheduler  # type: ignore[assignment]
         self.scheduler: TorchSched | None = scheduler if built else None  # type: ignore[assignment]  # built

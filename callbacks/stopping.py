@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import warnings
 from typing import Any
 
@@ -28,9 +29,17 @@ class EarlyStopping(Callback):
     order = 70
 
     def __init__(self, monitor: str = "valid_loss", patience: int = 3, min_delta: float = 0.0, mode: str = "min") -> None:
-        if not isinstance(patience, int) or isinstance(patience, bool) or patience < 1:
-            raise ValueError(f"patience is a number of epochs and must be an int >= 1, got {patience!r}.")
-        self.monitor, self.patience = Monitor(monitor, mode, min_delta), patience
+        if isinstance(patience, bool) or not isinstance(patience, numbers.Integral):
+            raise TypeError(
+                f"EarlyStopping: patience is a number of epochs and must be an int, got {patience!r}; "
+                "pass e.g. patience=3."
+            )
+        if patience < 1:
+            raise ValueError(
+                f"EarlyStopping: patience is the number of epochs without improvement to wait and must be >= 1, "
+                f"got {patience!r}; pass e.g. patience=3."
+            )
+        self.monitor, self.patience = Monitor(monitor, mode, min_delta, owner="EarlyStopping"), int(patience)
         self.best: float | None = None
         self.best_epoch: int | None = None
         self.wait = 0
