@@ -27,7 +27,8 @@ class Monitor:
                 f"{where}mode must be 'min' or 'max', got {mode!r}; use 'min' for losses and 'max' for "
                 "accuracy-like metrics."
             )
-        if isinstance(min_delta, bool) or not isinstance(min_delta, numbers.Real):
+        # numbers.Real takes numpy scalars too; int and float are listed for the type checker
+        if isinstance(min_delta, bool) or not isinstance(min_delta, (int, float, numbers.Real)):
             raise TypeError(
                 f"{where}min_delta is the smallest change that counts as an improvement and must be a number, "
                 f"got {min_delta!r}; pass a float such as 0.0 or 0.01."

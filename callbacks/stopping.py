@@ -29,7 +29,8 @@ class EarlyStopping(Callback):
     order = 70
 
     def __init__(self, monitor: str = "valid_loss", patience: int = 3, min_delta: float = 0.0, mode: str = "min") -> None:
-        if isinstance(patience, bool) or not isinstance(patience, numbers.Integral):
+        # numbers.Integral takes numpy ints too; int is listed for the type checker
+        if isinstance(patience, bool) or not isinstance(patience, (int, numbers.Integral)):
             raise TypeError(
                 f"EarlyStopping: patience is a number of epochs and must be an int, got {patience!r}; "
                 "pass e.g. patience=3."
