@@ -271,17 +271,30 @@ def one_cycle_scheds(
     per param group when `lr_max` is a list). `mom`: from `moms[0]` to
     `moms[1]` and back to `moms[2]` over the same phases; `moms=None` leaves
     momentum alone. `wd`, if given, holds `weight_decay` at that value.
+
+    Everything is checked here, before any training: `TypeError` for a value
+    that is not a number (a string lr_max such as "1e-3"), `ValueError` for one
+    out of range (lr_max <= 0, div or div_final < 1, pct_start outside (0, 1),
+    a momentum outside [0, 1), wd < 0).
     """
     where = "fit_one_cycle"
+    if isinstance(lr_max, (str, bytes)):
+        raise TypeError(
+            f"{where}: lr_max must be a number (or a list of numbers, one per param group), got the string "
+            f"{lr_max!r}; pass a float such as 1e-3 (convert text from a config or the command line with float())."
+        )
     lr_maxes = list(lr_max) if isinstance(lr_max, Sequence) else [lr_max]
     if not lr_maxes:
         raise ValueError(f"{where}: lr_max is an empty list; give one lr per param group, or one number for all.")
     for lr in lr_maxes:
         if not _number(where, "lr_max", lr) > 0:
             raise ValueError(f"{where}: lr_max must be > 0, got {lr_max!r}; learn.lr_find() suggests one.")
-    for name, value in (("div", div), ("div_final", div_final)):
-        if not _number(where, name, value) > 0:
-            raise ValueError(f"{where}: {name} must be > 0 (the lr is divided by it), got {value!r}.")
+    for name, value, role in (("div", div, "starts at"), ("div_final", div_final, "ends at")):
+        if not _number(where, name, value) >= 1:
+            raise ValueError(
+                f"{where}: {name} must be >= 1, got {value!r}: the lr {role} lr_max / {name}, which must not exceed lr_max; "
+                f"the usual values are div=25 and div_final=1e5."
+            )
     if not 0 < _number(where, "pct_start", pct_start) < 1:
         raise ValueError(
             f"{where}: pct_start is the fraction of training spent warming up and must be strictly between "
@@ -299,6 +312,11 @@ def one_cycle_scheds(
                 "the usual values are (0.95, 0.85, 0.95)."
             )
         start, low, end = (_number(where, "each of moms", m) for m in moms)
+        if not all(0 <= m < 1 for m in (start, low, end)):
+            raise ValueError(
+                f"{where}: each of moms must be in [0, 1) (a momentum, or Adam's first beta), got {moms!r}; "
+                "the usual values are (0.95, 0.85, 0.95)."
+            )
         scheds["mom"] = combine_scheds(phases, [sched_cos(start, low), sched_cos(low, end)])
     if wd is not None:
         if not _number(where, "wd", wd) >= 0:

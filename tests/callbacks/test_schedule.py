@@ -23,6 +23,7 @@ from loopkit.callbacks import (
     SaveModel,
     TorchScheduler,
     combine_scheds,
+    one_cycle_scheds,
     sched_cos,
     sched_exp,
     sched_lin,
@@ -373,7 +374,11 @@ def test_fit_one_cycle_makes_the_optimizer_sets_wd_and_adds_its_scheduler_for_on
         (dict(lr_max=0.1, pct_start=1.0), "pct_start .* strictly between 0 and 1"),
         (dict(lr_max=0.0), "lr_max must be > 0"),
         (dict(lr_max=[]), "empty list"),
-        (dict(lr_max=0.1, div=0), "div must be > 0"),
+        (dict(lr_max=0.1, div=0), "div must be >= 1, got 0"),
+        (dict(lr_max=0.1, div=0.5), r"div must be >= 1, got 0.5: the lr starts at lr_max / div, .* div=25"),
+        (dict(lr_max=0.1, div_final=0.1), r"div_final must be >= 1, got 0.1: the lr ends at lr_max / div_final"),
+        (dict(lr_max=0.1, moms=(0.95, 0.85, 1.0)), r"each of moms must be in \[0, 1\) .* got \(0.95, 0.85, 1.0\)"),
+        (dict(lr_max=0.1, moms=(-0.1, 0.85, 0.9)), r"each of moms must be in \[0, 1\)"),
         (dict(lr_max=0.1, moms=(0.9, 0.8)), "three momentums"),
         (dict(lr_max=0.1, wd=-1), "wd .* must be >= 0"),
         (dict(lr_max=[0.1, 0.2, 0.3]), "'lr' has 3 schedules but the optimizer has 1 param group;"),
@@ -384,6 +389,27 @@ def test_fit_one_cycle_rejects_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         learn.fit_one_cycle(1, **kwargs)
     assert not any(isinstance(cb, ParamScheduler) for cb in learn.cbs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(lr_max="1e-3"), r"lr_max must be a number .* got the string '1e-3'; pass a float such as 1e-3"),
+        (dict(lr_max=[0.1, "0.2"]), r"lr_max must be a number, got '0.2'"),
+        (dict(lr_max=0.1, div="25"), r"div must be a number, got '25'"),
+        (dict(lr_max=0.1, div_final=None), r"div_final must be a number, got None"),
+        (dict(lr_max=0.1, pct_start="0.3"), r"pct_start must be a number, got '0.3'"),
+        (dict(lr_max=0.1, moms=(0.95, "0.85", 0.95)), r"each of moms must be a number, got '0.85'"),
+    ],
+)
+def test_fit_one_cycle_rejects_values_that_are_not_numbers_before_training(kwargs, match):
+    with pytest.raises(TypeError, match=f"^fit_one_cycle: {match}"):
+        one_cycle_scheds(**kwargs)
+    learn = make_learner(2, None)
+    weights = [p.detach().clone() for p in learn.model.parameters()]
+    with pytest.raises(TypeError, match=match):
+        learn.fit_one_cycle(1, **kwargs)
+    assert learn.opt is None and all(torch.equal(w, p) for w, p in zip(weights, learn.model.parameters()))
 
 
 # -- TorchScheduler ---------------------------------------------------------------------------
