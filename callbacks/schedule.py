@@ -13,6 +13,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import copy
+import inspect
 import math
 import numbers
 import warnings
@@ -426,6 +427,27 @@ def _check_sched(name: str, func: Any) -> None:
 TorchSched = LRScheduler | ReduceLROnPlateau
 
 
+def _check_scheduler_class(cls: type) -> None:
+    # A class is a function opt -> scheduler only if the optimizer is all it needs.
+    name = cls.__name__
+    if not issubclass(cls, (LRScheduler, ReduceLROnPlateau)):
+        raise TypeError(
+            f"TorchScheduler takes a torch.optim.lr_scheduler scheduler or a function opt -> scheduler, got the "
+            f"class {name}, which is not a scheduler; e.g. TorchScheduler(lambda opt: StepLR(opt, step_size=10))."
+        )
+    try:
+        params = list(inspect.signature(cls).parameters.values())[1:]  # after the optimizer
+    except ValueError:  # no signature to inspect: the call at before_fit will tell
+        return
+    needed = [p.name for p in params if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if needed:
+        args = ", ".join(f"{n}=..." for n in needed)
+        raise TypeError(
+            f"TorchScheduler got the class {name}, which needs {', '.join(map(repr, needed))} as well as the "
+            f"optimizer; pass a function that builds it, e.g. TorchScheduler(lambda opt: {name}(opt, {args}))."
+        )
+
+
 class TorchScheduler(Callback):
     """Let a `torch.optim.lr_scheduler` scheduler drive the learning rate.
 
@@ -438,7 +460,10 @@ class TorchScheduler(Callback):
     `scheduler` is a function `opt -> scheduler`, called at every `before_fit`
     with `learn.opt` (so it works before the optimizer exists, and each fit
     starts a fresh schedule from the current lr), or a scheduler already built
-    on `learn.opt`.
+    on `learn.opt` (which is None before the first fit: call `learn.create_opt()`
+    first). A scheduler class is taken as that function only if the optimizer is
+    all it needs; `TorchScheduler(CosineAnnealingLR)` raises `TypeError` saying
+    to pass `lambda opt: CosineAnnealingLR(opt, T_max=...)`.
     `every="batch"` steps it after each training batch whose optimizer step ran
     (a step cancelled by gradient accumulation does not count); `every="epoch"`
     steps it at the end of each epoch. `ReduceLROnPlateau` is stepped per
@@ -460,6 +485,8 @@ class TorchScheduler(Callback):
                 f"TorchScheduler takes a torch.optim.lr_scheduler scheduler or a function opt -> scheduler, "
                 f"got {scheduler!r}; e.g. TorchScheduler(lambda opt: StepLR(opt, step_size=10), every='epoch')."
             )
+        if isinstance(scheduler, type):
+            _check_scheduler_class(scheduler)
         if every not in ("batch", "epoch"):
             raise ValueError(f"TorchScheduler: every must be 'batch' or 'epoch', got {every!r}.")
         self.every, self.monitor = every, Monitor(monitor, owner="TorchScheduler")
@@ -493,8 +520,10 @@ class TorchScheduler(Callback):
             self._check(self.scheduler)
         elif self.scheduler is not None and self.scheduler.optimizer is not self.opt:
             raise ValueError(
-                "TorchScheduler: the scheduler was built on another optimizer than learn.opt (the learner makes "
-                "its own at the first fit); pass a function instead, e.g. TorchScheduler(lambda opt: StepLR(opt, 10))."
+                f"TorchScheduler: the {type(self.scheduler).__name__} was built on another optimizer than learn.opt "
+                "(the learner makes its own at the first fit, or at learn.create_opt()); pass a function that "
+                "builds it on learn.opt, e.g. TorchScheduler(lambda opt: StepLR(opt, step_size=10)), or build it "
+                "on learn.opt after learn.create_opt()."
             )
 
     def after_cancel_step(self) -> None:

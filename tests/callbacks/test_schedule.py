@@ -498,8 +498,32 @@ def test_torch_scheduler_rejects_bad_arguments():
     with pytest.raises(ValueError, match="ReduceLROnPlateau steps on an epoch's figure"):
         learn.fit(1, cbs=[TorchScheduler(lambda opt: torch.optim.lr_scheduler.ReduceLROnPlateau(opt))])
     other = torch.optim.SGD(learn.model.parameters(), lr=0.1)
-    with pytest.raises(ValueError, match="built on another optimizer than learn.opt"):
+    with pytest.raises(ValueError, match=r"the StepLR was built on another optimizer than learn.opt .*"
+                                         r"learn.create_opt\(\).* pass a function that builds it on learn.opt"):
         learn.fit(1, cbs=[TorchScheduler(torch.optim.lr_scheduler.StepLR(other, 1))])
+
+
+@pytest.mark.parametrize(
+    ("cls", "match"),
+    [
+        (torch.optim.lr_scheduler.CosineAnnealingLR, r"got the class CosineAnnealingLR, which needs 'T_max' as well as "
+         r"the optimizer; pass a function that builds it, e.g. TorchScheduler\(lambda opt: CosineAnnealingLR\(opt, "
+         r"T_max=...\)\)"),
+        (torch.optim.lr_scheduler.StepLR, r"StepLR, which needs 'step_size' .* StepLR\(opt, step_size=...\)"),
+        (torch.optim.SGD, r"got the class SGD, which is not a scheduler"),
+    ],
+)
+def test_torch_scheduler_given_a_class_that_needs_arguments_says_to_pass_a_lambda(cls, match):
+    with pytest.raises(TypeError, match=match):
+        TorchScheduler(cls)
+
+
+def test_torch_scheduler_takes_a_class_that_needs_only_the_optimizer():
+    learn = make_learner(2, 1, default_cbs=True)
+    learn.progress_bar.enabled = False
+    sched = TorchScheduler(torch.optim.lr_scheduler.ReduceLROnPlateau, every="epoch")
+    learn.fit(1, cbs=[sched])
+    assert isinstance(sched.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and sched.scheduler.optimizer is learn.opt
 
 
 # -- LRFinder and lr_find ---------------------------------------------------------------------
