@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -181,6 +182,21 @@ def test_combine_scheds_is_continuous_at_joins_when_pieces_share_endpoints(case)
         assert combined(join) == pytest.approx(end, rel=1e-9)
         for eps in (1e-12, -1e-12):  # tiny, as sched_poly(..., 0.5) is steep at its start
             assert combined(join + eps) == pytest.approx(end, abs=1e-4 * scale)
+
+
+@given(weights=st.lists(st.floats(0.05, 1.0), min_size=2, max_size=5))
+@example(weights=[0.6, 0.3, 0.1])  # joins 0.6 and 0.8999999999999999, not 0.9
+@example(weights=[0.25, 0.5, 0.25])
+def test_at_a_join_of_combine_scheds_the_next_piece_starts(weights):
+    pcts = [w / sum(weights) for w in weights]
+    # pieces that never meet: piece i runs from 10 * i + 1 to 10 * i + 5, so a value names its piece
+    combined = combine_scheds(pcts, [sched_lin(10 * i + 1, 10 * i + 5) for i in range(len(pcts))])
+    joins = list(itertools.accumulate(pcts[:-1]))  # the cumulative sums: where piece i + 1 begins
+    for i, join in enumerate(joins, start=1):
+        assert combined(join) == 10 * i + 1  # exactly the next piece's start, not the previous one's end
+        assert combined(math.nextafter(join, 0.0)) == pytest.approx(10 * i - 5)  # just before: the end of piece i - 1
+    for positions in (np.array(joins), torch.tensor(joins, dtype=torch.float64)):
+        assert combined(positions).tolist() == [10 * i + 1 for i in range(1, len(pcts))]
 
 
 def test_combine_scheds_accepts_pcts_that_sum_to_1_within_1e_6():
