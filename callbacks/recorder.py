@@ -28,7 +28,11 @@ class Recorder(Callback):
     `moms` (the last param group's values, as fastai has them), `epoch_ends`
     (number of batches recorded at the end of each training phase), `scheduled` (the
     names a `ParamScheduler` scheduled in the fit).
-    order = 0.
+    order = 0: after `ParamScheduler` (-50) has set this batch's hyper-parameters,
+    and after `TerminateOnNaN` (-10), whose `CancelFit` at `after_loss` comes first,
+    so the non-finite loss that stops a fit is never recorded (as in fastai). A
+    callback of yours that cancels a batch at `after_loss` needs an order below 0
+    for that batch to go unrecorded.
 
     Losses stay on the device while training; reading `losses` syncs once.
     The record is cleared at the start of each fit.

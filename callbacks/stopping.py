@@ -75,7 +75,10 @@ class TerminateOnNaN(Callback):
     Events: before_fit, after_loss. Reads: loss, epoch, iter, training.
     Writes on the learner: nothing; raises `CancelFit` and warns where it happened.
     Publishes: `stopped_at` (None, or `(epoch, iter, "train" | "valid")`).
-    Name on the learner: `learn.terminate_on_nan`. order = 0.
+    Name on the learner: `learn.terminate_on_nan`.
+    order = -10: its `after_loss` runs before `Recorder`'s (0), so the loss that
+    stops the fit is never recorded (as in fastai); after `MixedPrecision` (-25)
+    has left autocast for the batch.
 
     The check runs at `after_loss`, so a nan loss it sees is never back-propagated
     or stepped: the model keeps the weights of the last good step. It reads the
@@ -85,6 +88,7 @@ class TerminateOnNaN(Callback):
     """
 
     name = "terminate_on_nan"
+    order = -10
 
     def __init__(self, check_every: int = 1) -> None:
         if not isinstance(check_every, int) or check_every < 1:

@@ -113,6 +113,17 @@ def test_terminate_on_nan_stops_before_the_nan_reaches_the_weights():
     assert torch.isfinite(learn.model.weight).all()
 
 
+def test_the_loss_that_stops_the_fit_is_not_recorded():
+    # Recorder is a default callback, so it is added before TerminateOnNaN, as in the issue.
+    learn = make_learner(n_train=3, n_valid=1, loss_func=nan_at(4), default_cbs=True, cbs=[TerminateOnNaN()])
+    learn.progress_bar.enabled = False
+    with pytest.warns(UserWarning, match="loss is nan"):
+        learn.fit(3)
+    losses = learn.recorder.losses
+    assert len(losses) == 4 and all(math.isfinite(v) for v in losses)  # batches 0-3; batch 4 (nan) stopped the fit
+    assert len(learn.recorder.lrs) == 4  # the hyper-parameters have one row per recorded loss
+
+
 def test_without_terminate_on_nan_the_weights_are_ruined():
     learn = make_learner(n_train=3, n_valid=1, loss_func=nan_at(4))
     learn.fit(3)
