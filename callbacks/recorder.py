@@ -13,8 +13,8 @@ from matplotlib.figure import Figure
 
 from loopkit import Callback
 
-from ._dist import is_main_process
 from ._hypers import hyper_keys
+from ._plot import finish, new_figure
 
 _FOLD_EVERY = 256  # batches whose losses are stacked into one tensor, as AvgStats folds its sums
 
@@ -187,9 +187,10 @@ class Recorder(Callback):
         """Plot the training loss per batch (and the validation loss per epoch); return the figure.
 
         `skip_start` drops the first batches, whose loss is often off the scale.
-        `path` also saves the figure (PNG by its suffix).
+        The figure is open in pyplot, so `fig.show()` displays it (`plt.close(fig)`
+        frees it); `path` saves it instead (PNG by its suffix) and closes it in pyplot.
         """
-        fig = Figure(figsize=(6, 4), layout="tight")
+        fig = new_figure(figsize=(6, 4))
         ax = fig.add_subplot()
         ax.plot(self.iters[skip_start:], self.losses[skip_start:], label="train")
         avg_stats = getattr(self.learn, "avg_stats", None) if self.learn is not None else None
@@ -204,23 +205,33 @@ class Recorder(Callback):
         ax.set_xlabel("training batches")
         ax.set_ylabel("loss")
         ax.legend()
-        return _saved(fig, path)
+        return finish(fig, path)
 
-    def plot_lr(self, group: int = -1, path: str | Path | None = None) -> Figure:
-        """Plot the learning rate of param group `group` per batch; return the figure."""
-        fig = Figure(figsize=(6, 4), layout="tight")
+    def plot_lr(self, group: int = -1, path: str | Path | None = None, log: bool = False) -> Figure:
+        """Plot the learning rate of param group `group` per batch; return the figure.
+
+        `log=True` draws the lr on a log scale, for schedules that span orders of
+        magnitude (one-cycle, warm-up from 1e-5). `path` saves and closes the figure,
+        as for `plot_loss`.
+        """
+        fig = new_figure(figsize=(6, 4))
         ax = fig.add_subplot()
-        ax.plot(self.iters, self.hps["lr"][group] if self._n else [])
+        values = self.hps["lr"][group] if self._n else []
+        ax.plot(self.iters, values)
+        _scale(ax, values, log)
         ax.set_xlabel("training batches")
-        ax.set_ylabel("learning rate")
-        return _saved(fig, path)
+        ax.set_ylabel("learning rate" + (" (log scale)" if ax.get_yscale() == "log" else ""))
+        return finish(fig, path)
 
-    def plot_sched(self, names: list[str] | None = None, path: str | Path | None = None) -> Figure:
+    def plot_sched(self, names: list[str] | None = None, path: str | Path | None = None, log: bool = False) -> Figure:
         """Plot one panel per scheduled hyper-parameter; return the figure.
 
         By default the panels are the names a `ParamScheduler` scheduled in the fit,
         then any other name whose value changed (a torch scheduler, your own
-        callback), and `lr` if there are none; one line per param group.
+        callback), and `lr` if there are none; one line per param group. `log=True`
+        draws each panel whose values are all > 0 on a log scale (a log axis cannot
+        show 0, so a panel that reaches it stays linear). `path` saves and closes the
+        figure, as for `plot_loss`.
         """
         hps = self.hps
         if names is None:
@@ -229,19 +240,19 @@ class Recorder(Callback):
         unknown = [n for n in names if n not in hps]
         if unknown:
             raise ValueError(f"plot_sched: {unknown} were not recorded; the recorded names are {sorted(hps)}.")
-        fig = Figure(figsize=(4 * len(names), 3.5), layout="tight")
+        fig = new_figure(figsize=(4 * len(names), 3.5))
         for i, name in enumerate(names):
             ax = fig.add_subplot(1, len(names), i + 1)
             for g, values in enumerate(hps[name]):
                 ax.plot(self.iters, values, label=f"group {g}")
-            ax.set_title(name)
+            _scale(ax, [v for values in hps[name] for v in values], log)
+            ax.set_title(name + (" (log scale)" if ax.get_yscale() == "log" else ""))
             ax.set_xlabel("training batches")
             if self._n_groups > 1:
                 ax.legend()
-        return _saved(fig, path)
+        return finish(fig, path)
 
 
-def _saved(fig: Figure, path: str | Path | None) -> Figure:
-    if path is not None and is_main_process():  # under distributed training rank 0 alone writes
-        fig.savefig(path)
-    return fig
+def _scale(ax: Any, values: list[float], log: bool) -> None:
+    if log and values and min(values) > 0:
+        ax.set_yscale("log")

@@ -29,9 +29,9 @@ from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 from loopkit import Callback, CancelFit, CancelValidate
 
-from ._dist import is_main_process
 from ._hypers import hyper_keys, set_hyper
 from ._monitor import Monitor
+from ._plot import finish, new_figure
 from .checkpoint import rng_state, set_rng_state
 
 if TYPE_CHECKING:
@@ -615,11 +615,12 @@ class LRFindResult(float):
     def plot(self, path: str | Path | None = None) -> Figure:
         """Plot the smoothed loss against the lr on a log axis, both suggestions marked; return the figure.
 
-        `path` also saves the figure (PNG by its suffix); under distributed
-        training only rank 0 writes.
+        The figure is open in pyplot, so `fig.show()` displays it (`plt.close(fig)`
+        frees it); `path` saves it instead (PNG by its suffix; under distributed
+        training only rank 0 writes) and closes it in pyplot.
         """
         lrs, losses = np.asarray(self.lrs), np.asarray(self.losses)
-        fig = Figure(figsize=(6, 4), layout="tight")
+        fig = new_figure(figsize=(6, 4))
         ax = fig.add_subplot()
         ax.plot(lrs, losses)
         ax.set_xscale("log")
@@ -635,9 +636,7 @@ class LRFindResult(float):
         ax.set_xlabel("learning rate (log scale)")
         ax.set_ylabel("smoothed loss")
         ax.legend()
-        if path is not None and is_main_process():
-            fig.savefig(path)
-        return fig
+        return finish(fig, path)
 
 
 class LRFinder(Callback):

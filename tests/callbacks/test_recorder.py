@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import sys
+import warnings
 
 import pytest
 import torch
@@ -78,6 +79,31 @@ def test_plots_return_figures_and_save_png(tmp_path):
     assert list(train_line.get_ydata()) == pytest.approx(rec.losses)
     assert list(valid_line.get_ydata()) == pytest.approx([r["valid_loss"] for r in learn.avg_stats.history])
     assert len(rec.plot_loss(skip_start=4).axes[0].get_lines()[0].get_ydata()) == 8
+
+
+def test_plots_can_be_shown_from_a_script_and_saved_ones_are_closed(tmp_path):
+    import matplotlib.pyplot as plt
+
+    learn = make()
+    learn.fit(1)
+    rec = learn.recorder
+    for fig in (rec.plot_loss(), rec.plot_lr(), rec.plot_sched(), learn.lr_find(num_it=5).plot()):
+        assert plt.fignum_exists(fig.number)  # registered with pyplot: fig.show() and plt.show() see it
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the Agg backend of the tests warns that it cannot show
+            fig.show()
+    saved = rec.plot_loss(path=tmp_path / "loss.png")
+    assert not plt.fignum_exists(saved.number) and saved.axes[0].get_lines()  # closed, still a whole figure
+
+
+def test_plot_lr_and_plot_sched_take_a_log_scale():
+    learn = make(opt_func=lambda p, lr: torch.optim.SGD(p, lr=lr, momentum=0.9))
+    learn.fit_one_cycle(1, 0.1, div=1e4)
+    rec = learn.recorder
+    assert rec.plot_lr().axes[0].get_yscale() == "linear"
+    assert rec.plot_lr(log=True).axes[0].get_yscale() == "log"
+    assert [ax.get_yscale() for ax in rec.plot_sched(log=True).axes] == ["log", "log"]
+    assert rec.plot_sched(["lr", "dampening"], log=True).axes[1].get_yscale() == "linear"  # 0 has no log
 
 
 def test_plot_sched_has_one_panel_per_changing_name():
