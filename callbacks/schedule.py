@@ -650,7 +650,8 @@ class LRFinder(Callback):
     Raises `CancelValidate` (validation is skipped) and `CancelFit` (after `num_it`
     batches, or once the loss diverges).
     Publishes: `lrs` and `losses` (the lr and the smoothed loss of each batch), and
-    `result` (an `LRFindResult` with the suggestions).
+    `result` (an `LRFindResult` with the suggestions); `ProgressBar` reads these
+    and `num_it` to show the sweep as one bar and print the suggestion.
     order = 100: after every other callback, so its lr wins over schedulers at
     `before_batch` and its restore at `after_fit` comes last (after, e.g., a
     `SaveModel(restore_best=True)` has loaded weights).
