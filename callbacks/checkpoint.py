@@ -530,7 +530,7 @@ class SaveModel(Callback):
 
     def __init__(self, monitor: str = "valid_loss", mode: str = "min", every_epoch: bool = False,
                  path: str | Path = "models/best.pt", min_delta: float = 0.0, restore_best: bool = False) -> None:
-        self.monitor = Monitor(monitor, mode, min_delta)
+        self.monitor = Monitor(monitor, mode, min_delta, owner="SaveModel")
         self.every_epoch, self.path, self.restore_best = every_epoch, Path(path), restore_best
         self.best: float | None = None
         self.best_epoch: int | None = None

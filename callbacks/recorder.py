@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from array import array
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
@@ -12,8 +13,10 @@ from matplotlib.figure import Figure
 
 from loopkit import Callback
 
-from ._dist import is_main_process
 from ._hypers import hyper_keys
+from ._plot import finish, new_figure
+
+_FOLD_EVERY = 256  # batches whose losses are stacked into one tensor, as AvgStats folds its sums
 
 
 class Recorder(Callback):
@@ -28,10 +31,18 @@ class Recorder(Callback):
     `moms` (the last param group's values, as fastai has them), `epoch_ends`
     (number of batches recorded at the end of each training phase), `scheduled` (the
     names a `ParamScheduler` scheduled in the fit).
-    order = 0.
+    order = 0: after `ParamScheduler` (-50) has set this batch's hyper-parameters,
+    and after `TerminateOnNaN` (-10), whose `CancelFit` at `after_loss` comes first,
+    so the non-finite loss that stops a fit is never recorded (as in fastai). A
+    callback of yours that cancels a batch at `after_loss` needs an order below 0
+    for that batch to go unrecorded.
 
-    Losses stay on the device while training; reading `losses` syncs once.
-    The record is cleared at the start of each fit.
+    Losses stay on the device while training, folded every 256 batches into one
+    tensor; reading `losses` syncs once and moves them to the host. A
+    hyper-parameter's value is stored only when it changes (its batch index and
+    the value, 16 bytes), and `hps` expands the runs to one value per batch: a
+    long fit keeps about 4 bytes a batch (a float32 loss), plus 16 for each value
+    a scheduler changes. The record is cleared at the start of each fit.
     """
 
     def __init__(self) -> None:
@@ -40,12 +51,19 @@ class Recorder(Callback):
     def _reset(self) -> None:
         self._pending: list[torch.Tensor] = []
         self._chunks: list[torch.Tensor] = []
-        self._losses: list[float] = []
-        self._rows: list[tuple[Any, ...]] = []
-        self._keys: list[tuple[str, str, int | None]] = []
-        self._n_groups = 0
+        self._n = 0  # batches recorded
+        self._layout([], 0)
         self.epoch_ends: list[int] = []
         self.scheduled: list[str] = []
+
+    def _layout(self, keys: list[tuple[str, str, int | None]], n_groups: int) -> None:
+        # One column per (param group, hyper-parameter), group-major: in column c, value i
+        # holds from batch starts[c][i] until the next start (or the last batch recorded).
+        self._keys, self._n_groups = keys, n_groups
+        self._getter = itemgetter(*[key for _, key, _ in keys]) if keys else None
+        self._starts = [array("q") for _ in range(n_groups * len(keys))]
+        self._values = [array("d") for _ in range(n_groups * len(keys))]
+        self._last_row: Any = None
 
     def before_fit(self) -> None:
         if self.learn.evaluating:  # an evaluation is not a fit: nothing to record
@@ -54,63 +72,108 @@ class Recorder(Callback):
         scheduler = getattr(self.learn, "param_scheduler", None)
         self.scheduled = list(scheduler.scheds) if scheduler is not None else []
         groups = self.opt.param_groups
-        self._n_groups = len(groups)
-        self._keys = hyper_keys(groups[0])
-        self._getter = itemgetter(*[key for _, key, _ in self._keys])
+        self._layout(hyper_keys(groups[0]), len(groups))
 
     def after_loss(self) -> None:
         learn = self.learn  # direct reads: this runs on every batch
         if learn.training:
-            self._pending.append(learn.loss.detach())
-            # One C-level getter per group; names are unpacked only when read.
-            self._rows.append(tuple(map(self._getter, learn.opt.param_groups)))
+            pending = self._pending
+            pending.append(learn.loss.detach())
+            if len(pending) >= _FOLD_EVERY:
+                self._fold()
+            # One C-level getter per group; the values are unpacked only when a row changes.
+            row = tuple(map(self._getter, learn.opt.param_groups))  # type: ignore[arg-type]  # set at before_fit
+            if row != self._last_row:
+                self._store(row)
+            self._n += 1
 
-    def after_train(self) -> None:
-        # One stack per phase keeps the per-batch cost at a detach and an append.
+    def _fold(self) -> None:
+        # One stack per _FOLD_EVERY batches: a few bytes a batch kept, not a tensor object each.
         if self._pending:
             self._chunks.append(torch.stack(self._pending))
             self._pending = []
-        self.epoch_ends.append(len(self._rows))
+
+    def _store(self, row: tuple[Any, ...]) -> None:
+        self._last_row = row
+        one_key, column = len(self._keys) == 1, 0
+        for group_row in row:
+            for j, (_, _, index) in enumerate(self._keys):
+                value = group_row if one_key else group_row[j]
+                if index is not None:
+                    value = value[index]
+                values = self._values[column]
+                if not values or values[-1] != value:
+                    self._starts[column].append(self._n)
+                    values.append(value)
+                column += 1
+
+    def after_train(self) -> None:
+        self._fold()
+        self.epoch_ends.append(self._n)
 
     def state_dict(self) -> dict[str, Any]:
-        """Return the record so far, for checkpoints (a resumed fit continues the plots)."""
-        return {"losses": list(self.losses), "rows": list(self._rows), "epoch_ends": list(self.epoch_ends),
+        """Return the record so far, for checkpoints (a resumed fit continues the plots).
+
+        Plain data only (a tensor, lists and numbers), so `torch.load(weights_only=True)` reads it.
+        """
+        return {"losses": self._loss_tensor().clone(), "keys": [list(k) for k in self._keys],
+                "n_groups": self._n_groups, "starts": [a.tolist() for a in self._starts],
+                "values": [a.tolist() for a in self._values], "epoch_ends": list(self.epoch_ends),
                 "scheduled": list(self.scheduled)}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what `state_dict` returned."""
-        self._pending, self._chunks = [], []
-        self._losses, self._rows = list(state["losses"]), [tuple(r) if isinstance(r, (list, tuple)) else r for r in state["rows"]]
+        """Restore what `state_dict` returned (or the per-batch rows older checkpoints hold)."""
+        losses = state["losses"]
+        losses = losses.detach().cpu() if isinstance(losses, torch.Tensor) else torch.tensor(losses, dtype=torch.float64)
+        self._pending, self._chunks, self._n = [], [losses] if len(losses) else [], 0
+        if "rows" in state:  # a checkpoint from before the columns: replay its rows into the columns
+            self._layout(self._keys, self._n_groups)
+            for row in state["rows"]:
+                row = tuple(tuple(r) if isinstance(r, list) else r for r in row)
+                if row != self._last_row:
+                    self._store(row)
+                self._n += 1
+        else:
+            keys = [(name, key, index) for name, key, index in state["keys"]]
+            if keys:
+                self._layout(keys, state["n_groups"])
+                self._starts = [array("q", s) for s in state["starts"]]
+                self._values = [array("d", v) for v in state["values"]]
+            else:  # saved before any fit: nothing recorded, keep this fit's layout
+                self._layout(self._keys, self._n_groups)
+        self._n = len(losses)
         self.epoch_ends, self.scheduled = list(state["epoch_ends"]), list(state.get("scheduled", []))
+
+    def _loss_tensor(self) -> torch.Tensor:
+        # Gather the record into one host tensor, kept as the only chunk: later reads are free.
+        self._fold()
+        if len(self._chunks) != 1 or self._chunks[0].device.type != "cpu":
+            merged = torch.cat([c.cpu() for c in self._chunks]) if self._chunks else torch.zeros(0)
+            self._chunks = [merged] if len(merged) else []
+        return self._chunks[0] if self._chunks else torch.zeros(0)
 
     @property
     def losses(self) -> list[float]:
-        """The training loss of every recorded batch, as floats."""
-        if self._pending:
-            self._chunks.append(torch.stack(self._pending))
-            self._pending = []
-        if self._chunks:
-            self._losses += torch.cat([c.float() for c in self._chunks]).tolist()
-            self._chunks = []
-        return self._losses
+        """The training loss of every recorded batch, as floats (a new list at each read)."""
+        return self._loss_tensor().double().tolist()
 
     @property
     def hps(self) -> dict[str, list[list[float]]]:
         """Hyper-parameter name -> one list per param group -> value per recorded batch."""
-        one_key = len(self._keys) == 1
-        hps = {}
-        for j, (name, _, index) in enumerate(self._keys):
-            per_group = []
-            for g in range(self._n_groups):
-                values = [row[g] if one_key else row[g][j] for row in self._rows]
-                per_group.append([v[index] for v in values] if index is not None else values)
-            hps[name] = per_group
+        hps: dict[str, list[list[float]]] = {name: [] for name, _, _ in self._keys}
+        for column, (starts, values) in enumerate(zip(self._starts, self._values)):
+            name = self._keys[column % len(self._keys)][0]
+            per_batch: list[float] = []
+            for i, value in enumerate(values):
+                end = starts[i + 1] if i + 1 < len(starts) else self._n
+                per_batch += [value] * (end - starts[i])
+            hps[name].append(per_batch)
         return hps
 
     @property
     def iters(self) -> list[int]:
         """The x axis of the plots: 0, 1, ... for each recorded batch."""
-        return list(range(len(self._rows)))
+        return list(range(self._n))
 
     @property
     def lrs(self) -> list[float]:
@@ -126,9 +189,10 @@ class Recorder(Callback):
         """Plot the training loss per batch (and the validation loss per epoch); return the figure.
 
         `skip_start` drops the first batches, whose loss is often off the scale.
-        `path` also saves the figure (PNG by its suffix).
+        The figure is open in pyplot, so `fig.show()` displays it (`plt.close(fig)`
+        frees it); `path` saves it instead (PNG by its suffix) and closes it in pyplot.
         """
-        fig = Figure(figsize=(6, 4), layout="tight")
+        fig = new_figure(figsize=(6, 4))
         ax = fig.add_subplot()
         ax.plot(self.iters[skip_start:], self.losses[skip_start:], label="train")
         avg_stats = getattr(self.learn, "avg_stats", None) if self.learn is not None else None
@@ -143,23 +207,33 @@ class Recorder(Callback):
         ax.set_xlabel("training batches")
         ax.set_ylabel("loss")
         ax.legend()
-        return _saved(fig, path)
+        return finish(fig, path)
 
-    def plot_lr(self, group: int = -1, path: str | Path | None = None) -> Figure:
-        """Plot the learning rate of param group `group` per batch; return the figure."""
-        fig = Figure(figsize=(6, 4), layout="tight")
+    def plot_lr(self, group: int = -1, path: str | Path | None = None, log: bool = False) -> Figure:
+        """Plot the learning rate of param group `group` per batch; return the figure.
+
+        `log=True` draws the lr on a log scale, for schedules that span orders of
+        magnitude (one-cycle, warm-up from 1e-5). `path` saves and closes the figure,
+        as for `plot_loss`.
+        """
+        fig = new_figure(figsize=(6, 4))
         ax = fig.add_subplot()
-        ax.plot(self.iters, self.hps["lr"][group] if self._rows else [])
+        values = self.hps["lr"][group] if self._n else []
+        ax.plot(self.iters, values)
+        _scale(ax, values, log)
         ax.set_xlabel("training batches")
-        ax.set_ylabel("learning rate")
-        return _saved(fig, path)
+        ax.set_ylabel("learning rate" + (" (log scale)" if ax.get_yscale() == "log" else ""))
+        return finish(fig, path)
 
-    def plot_sched(self, names: list[str] | None = None, path: str | Path | None = None) -> Figure:
+    def plot_sched(self, names: list[str] | None = None, path: str | Path | None = None, log: bool = False) -> Figure:
         """Plot one panel per scheduled hyper-parameter; return the figure.
 
         By default the panels are the names a `ParamScheduler` scheduled in the fit,
         then any other name whose value changed (a torch scheduler, your own
-        callback), and `lr` if there are none; one line per param group.
+        callback), and `lr` if there are none; one line per param group. `log=True`
+        draws each panel whose values are all > 0 on a log scale (a log axis cannot
+        show 0, so a panel that reaches it stays linear). `path` saves and closes the
+        figure, as for `plot_loss`.
         """
         hps = self.hps
         if names is None:
@@ -168,19 +242,19 @@ class Recorder(Callback):
         unknown = [n for n in names if n not in hps]
         if unknown:
             raise ValueError(f"plot_sched: {unknown} were not recorded; the recorded names are {sorted(hps)}.")
-        fig = Figure(figsize=(4 * len(names), 3.5), layout="tight")
+        fig = new_figure(figsize=(4 * len(names), 3.5))
         for i, name in enumerate(names):
             ax = fig.add_subplot(1, len(names), i + 1)
             for g, values in enumerate(hps[name]):
                 ax.plot(self.iters, values, label=f"group {g}")
-            ax.set_title(name)
+            _scale(ax, [v for values in hps[name] for v in values], log)
+            ax.set_title(name + (" (log scale)" if ax.get_yscale() == "log" else ""))
             ax.set_xlabel("training batches")
             if self._n_groups > 1:
                 ax.legend()
-        return _saved(fig, path)
+        return finish(fig, path)
 
 
-def _saved(fig: Figure, path: str | Path | None) -> Figure:
-    if path is not None and is_main_process():  # under distributed training rank 0 alone writes
-        fig.savefig(path)
-    return fig
+def _scale(ax: Any, values: list[float], log: bool) -> None:
+    if log and values and min(values) > 0:
+        ax.set_yscale("log")

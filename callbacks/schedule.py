@@ -13,6 +13,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import copy
+import inspect
 import math
 import numbers
 import warnings
@@ -28,9 +29,9 @@ from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 from loopkit import Callback, CancelFit, CancelValidate
 
-from ._dist import is_main_process
 from ._hypers import hyper_keys, set_hyper
 from ._monitor import Monitor
+from ._plot import finish, new_figure
 from .checkpoint import rng_state, set_rng_state
 
 if TYPE_CHECKING:
@@ -271,17 +272,30 @@ def one_cycle_scheds(
     per param group when `lr_max` is a list). `mom`: from `moms[0]` to
     `moms[1]` and back to `moms[2]` over the same phases; `moms=None` leaves
     momentum alone. `wd`, if given, holds `weight_decay` at that value.
+
+    Everything is checked here, before any training: `TypeError` for a value
+    that is not a number (a string lr_max such as "1e-3"), `ValueError` for one
+    out of range (lr_max <= 0, div or div_final < 1, pct_start outside (0, 1),
+    a momentum outside [0, 1), wd < 0).
     """
     where = "fit_one_cycle"
+    if isinstance(lr_max, (str, bytes)):
+        raise TypeError(
+            f"{where}: lr_max must be a number (or a list of numbers, one per param group), got the string "
+            f"{lr_max!r}; pass a float such as 1e-3 (convert text from a config or the command line with float())."
+        )
     lr_maxes = list(lr_max) if isinstance(lr_max, Sequence) else [lr_max]
     if not lr_maxes:
         raise ValueError(f"{where}: lr_max is an empty list; give one lr per param group, or one number for all.")
     for lr in lr_maxes:
         if not _number(where, "lr_max", lr) > 0:
             raise ValueError(f"{where}: lr_max must be > 0, got {lr_max!r}; learn.lr_find() suggests one.")
-    for name, value in (("div", div), ("div_final", div_final)):
-        if not _number(where, name, value) > 0:
-            raise ValueError(f"{where}: {name} must be > 0 (the lr is divided by it), got {value!r}.")
+    for name, value, role in (("div", div, "starts at"), ("div_final", div_final, "ends at")):
+        if not _number(where, name, value) >= 1:
+            raise ValueError(
+                f"{where}: {name} must be >= 1, got {value!r}: the lr {role} lr_max / {name}, which must not exceed lr_max; "
+                f"the usual values are div=25 and div_final=1e5."
+            )
     if not 0 < _number(where, "pct_start", pct_start) < 1:
         raise ValueError(
             f"{where}: pct_start is the fraction of training spent warming up and must be strictly between "
@@ -299,6 +313,11 @@ def one_cycle_scheds(
                 "the usual values are (0.95, 0.85, 0.95)."
             )
         start, low, end = (_number(where, "each of moms", m) for m in moms)
+        if not all(0 <= m < 1 for m in (start, low, end)):
+            raise ValueError(
+                f"{where}: each of moms must be in [0, 1) (a momentum, or Adam's first beta), got {moms!r}; "
+                "the usual values are (0.95, 0.85, 0.95)."
+            )
         scheds["mom"] = combine_scheds(phases, [sched_cos(start, low), sched_cos(low, end)])
     if wd is not None:
         if not _number(where, "wd", wd) >= 0:
@@ -410,6 +429,27 @@ def _check_sched(name: str, func: Any) -> None:
 TorchSched = LRScheduler | ReduceLROnPlateau
 
 
+def _check_scheduler_class(cls: type) -> None:
+    # A class is a function opt -> scheduler only if the optimizer is all it needs.
+    name = cls.__name__
+    if not issubclass(cls, (LRScheduler, ReduceLROnPlateau)):
+        raise TypeError(
+            f"TorchScheduler takes a torch.optim.lr_scheduler scheduler or a function opt -> scheduler, got the "
+            f"class {name}, which is not a scheduler; e.g. TorchScheduler(lambda opt: StepLR(opt, step_size=10))."
+        )
+    try:
+        params = list(inspect.signature(cls).parameters.values())[1:]  # after the optimizer
+    except ValueError:  # no signature to inspect: the call at before_fit will tell
+        return
+    needed = [p.name for p in params if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if needed:
+        args = ", ".join(f"{n}=..." for n in needed)
+        raise TypeError(
+            f"TorchScheduler got the class {name}, which needs {', '.join(map(repr, needed))} as well as the "
+            f"optimizer; pass a function that builds it, e.g. TorchScheduler(lambda opt: {name}(opt, {args}))."
+        )
+
+
 class TorchScheduler(Callback):
     """Let a `torch.optim.lr_scheduler` scheduler drive the learning rate.
 
@@ -422,7 +462,10 @@ class TorchScheduler(Callback):
     `scheduler` is a function `opt -> scheduler`, called at every `before_fit`
     with `learn.opt` (so it works before the optimizer exists, and each fit
     starts a fresh schedule from the current lr), or a scheduler already built
-    on `learn.opt`.
+    on `learn.opt` (which is None before the first fit: call `learn.create_opt()`
+    first). A scheduler class is taken as that function only if the optimizer is
+    all it needs; `TorchScheduler(CosineAnnealingLR)` raises `TypeError` saying
+    to pass `lambda opt: CosineAnnealingLR(opt, T_max=...)`.
     `every="batch"` steps it after each training batch whose optimizer step ran
     (a step cancelled by gradient accumulation does not count); `every="epoch"`
     steps it at the end of each epoch. `ReduceLROnPlateau` is stepped per
@@ -444,9 +487,11 @@ class TorchScheduler(Callback):
                 f"TorchScheduler takes a torch.optim.lr_scheduler scheduler or a function opt -> scheduler, "
                 f"got {scheduler!r}; e.g. TorchScheduler(lambda opt: StepLR(opt, step_size=10), every='epoch')."
             )
+        if isinstance(scheduler, type):
+            _check_scheduler_class(scheduler)
         if every not in ("batch", "epoch"):
             raise ValueError(f"TorchScheduler: every must be 'batch' or 'epoch', got {every!r}.")
-        self.every, self.monitor = every, Monitor(monitor)
+        self.every, self.monitor = every, Monitor(monitor, owner="TorchScheduler")
         built = isinstance(scheduler, (LRScheduler, ReduceLROnPlateau))
         self._make: Callable[[torch.optim.Optimizer], TorchSched] | None = None if built else scheduler  # type: ignore[assignment]
         self.scheduler: TorchSched | None = scheduler if built else None  # type: ignore[assignment]  # built
@@ -479,8 +524,10 @@ class TorchScheduler(Callback):
             self._check(self.scheduler)
         elif self.scheduler is not None and self.scheduler.optimizer is not self.opt:
             raise ValueError(
-                "TorchScheduler: the scheduler was built on another optimizer than learn.opt (the learner makes "
-                "its own at the first fit); pass a function instead, e.g. TorchScheduler(lambda opt: StepLR(opt, 10))."
+                f"TorchScheduler: the {type(self.scheduler).__name__} was built on another optimizer than learn.opt "
+                "(the learner makes its own at the first fit, or at learn.create_opt()); pass a function that "
+                "builds it on learn.opt, e.g. TorchScheduler(lambda opt: StepLR(opt, step_size=10)), or build it "
+                "on learn.opt after learn.create_opt()."
             )
 
     def after_cancel_step(self) -> None:
@@ -572,11 +619,12 @@ class LRFindResult(float):
     def plot(self, path: str | Path | None = None) -> Figure:
         """Plot the smoothed loss against the lr on a log axis, both suggestions marked; return the figure.
 
-        `path` also saves the figure (PNG by its suffix); under distributed
-        training only rank 0 writes.
+        The figure is open in pyplot, so `fig.show()` displays it (`plt.close(fig)`
+        frees it); `path` saves it instead (PNG by its suffix; under distributed
+        training only rank 0 writes) and closes it in pyplot.
         """
         lrs, losses = np.asarray(self.lrs), np.asarray(self.losses)
-        fig = Figure(figsize=(6, 4), layout="tight")
+        fig = new_figure(figsize=(6, 4))
         ax = fig.add_subplot()
         ax.plot(lrs, losses)
         ax.set_xscale("log")
@@ -592,9 +640,7 @@ class LRFindResult(float):
         ax.set_xlabel("learning rate (log scale)")
         ax.set_ylabel("smoothed loss")
         ax.legend()
-        if path is not None and is_main_process():
-            fig.savefig(path)
-        return fig
+        return finish(fig, path)
 
 
 class LRFinder(Callback):
@@ -608,7 +654,8 @@ class LRFinder(Callback):
     Raises `CancelValidate` (validation is skipped) and `CancelFit` (after `num_it`
     batches, or once the loss diverges).
     Publishes: `lrs` and `losses` (the lr and the smoothed loss of each batch), and
-    `result` (an `LRFindResult` with the suggestions).
+    `result` (an `LRFindResult` with the suggestions); `ProgressBar` reads these
+    and `num_it` to show the sweep as one bar and print the suggestion.
     order = 100: after every other callback, so its lr wins over schedulers at
     `before_batch` and its restore at `after_fit` comes last (after, e.g., a
     `SaveModel(restore_best=True)` has loaded weights).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import warnings
 from typing import Any
 
@@ -28,9 +29,18 @@ class EarlyStopping(Callback):
     order = 70
 
     def __init__(self, monitor: str = "valid_loss", patience: int = 3, min_delta: float = 0.0, mode: str = "min") -> None:
-        if not isinstance(patience, int) or isinstance(patience, bool) or patience < 1:
-            raise ValueError(f"patience is a number of epochs and must be an int >= 1, got {patience!r}.")
-        self.monitor, self.patience = Monitor(monitor, mode, min_delta), patience
+        # numbers.Integral takes numpy ints too; int is listed for the type checker
+        if isinstance(patience, bool) or not isinstance(patience, (int, numbers.Integral)):
+            raise TypeError(
+                f"EarlyStopping: patience is a number of epochs and must be an int, got {patience!r}; "
+                "pass e.g. patience=3."
+            )
+        if patience < 1:
+            raise ValueError(
+                f"EarlyStopping: patience is the number of epochs without improvement to wait and must be >= 1, "
+                f"got {patience!r}; pass e.g. patience=3."
+            )
+        self.monitor, self.patience = Monitor(monitor, mode, min_delta, owner="EarlyStopping"), int(patience)
         self.best: float | None = None
         self.best_epoch: int | None = None
         self.wait = 0
@@ -67,7 +77,10 @@ class TerminateOnNaN(Callback):
     Events: before_fit, after_loss. Reads: loss, epoch, iter, training.
     Writes on the learner: nothing; raises `CancelFit` and warns where it happened.
     Publishes: `stopped_at` (None, or `(epoch, iter, "train" | "valid")`).
-    Name on the learner: `learn.terminate_on_nan`. order = 0.
+    Name on the learner: `learn.terminate_on_nan`.
+    order = -10: its `after_loss` runs before `Recorder`'s (0), so the loss that
+    stops the fit is never recorded (as in fastai); after `MixedPrecision` (-25)
+    has left autocast for the batch.
 
     The check runs at `after_loss`, so a nan loss it sees is never back-propagated
     or stepped: the model keeps the weights of the last good step. It reads the
@@ -77,6 +90,7 @@ class TerminateOnNaN(Callback):
     """
 
     name = "terminate_on_nan"
+    order = -10
 
     def __init__(self, check_every: int = 1) -> None:
         if not isinstance(check_every, int) or check_every < 1:

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import gzip
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
@@ -196,6 +198,28 @@ def image_folder(path: str | Path, normalize: bool = True) -> ImageData:
     return _image_data(splits[0], splits[1], classes, normalize)
 
 
+def _split_tensors(name: str, split: Any) -> list[torch.Tensor]:
+    # A bare tensor is a sequence of rows: without this check each row would become a "tensor".
+    if isinstance(split, (torch.Tensor, np.ndarray)) or not isinstance(split, (tuple, list)) or not split:
+        kind = "tensor" if isinstance(split, torch.Tensor) else "NumPy array"
+        got = f"a bare {kind} of shape {tuple(split.shape)}" if hasattr(split, "shape") else repr(split)
+        raise TypeError(
+            f"DataLoaders.from_tensors: {name} must be a tuple of tensors such as (x, y), got {got}; "
+            f"pass the inputs and the targets together, e.g. from_tensors((x_{name}, y_{name}), ...)."
+        )
+    tensors = []
+    for i, item in enumerate(split):
+        if isinstance(item, np.ndarray):
+            item = torch.as_tensor(item)
+        if not isinstance(item, torch.Tensor):
+            raise TypeError(
+                f"DataLoaders.from_tensors: item {i} of {name} is a {type(item).__name__}, not a tensor or NumPy "
+                f"array; convert it first, e.g. torch.as_tensor(...)."
+            )
+        tensors.append(item)
+    return tensors
+
+
 def _folder(path: str | Path, func: str, expected: str) -> Path:
     folder = Path(path)
     if not folder.is_dir():
@@ -236,15 +260,20 @@ class DataLoaders:
         return cls(train, valid)
 
     @classmethod
-    def from_tensors(cls, train: Tensors, valid: Tensors | None, **kwargs: Any) -> DataLoaders:
+    def from_tensors(cls, train: Sequence[torch.Tensor | np.ndarray], valid: Sequence[torch.Tensor | np.ndarray] | None,
+                     **kwargs: Any) -> DataLoaders:
         """Return loaders over `train` and `valid`, each a tuple of tensors such as `(x, y)`.
 
-        A batch is a tuple of matching slices of the tensors. Keyword arguments are
-        those of `from_datasets`. Raises `ValueError` if the tensors of a split differ
-        in length.
+        A batch is a tuple of matching slices of the tensors. NumPy arrays are taken
+        too, converted with `torch.as_tensor` (no copy; the dtype is kept, so a
+        float64 array gives float64 batches). Keyword arguments are those of
+        `from_datasets`. Raises `TypeError` if a split is a bare tensor or array
+        rather than a tuple of them, or holds something else, and `ValueError` if
+        the tensors of a split differ in length.
         """
         datasets = []
-        for name, tensors in (("train", train), ("valid", valid)):
+        for name, split in (("train", train), ("valid", valid)):
+            tensors = None if split is None and name == "valid" else _split_tensors(name, split)
             if tensors is not None and len({len(t) for t in tensors}) != 1:
                 raise ValueError(
                     f"DataLoaders.from_tensors: the {name} tensors must have one length (one row per sample), "

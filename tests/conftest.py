@@ -95,6 +95,15 @@ def _event_method(event: str) -> Callable[[Tracer], None]:
 Tracer = type("Tracer", (Tracer,), {e: _event_method(e) for e in EVENTS})  # type: ignore[misc]
 
 
+@pytest.fixture(autouse=True)
+def close_figures():
+    """Close the figures a test left open in pyplot (plots without a path stay open for `fig.show()`)."""
+    yield
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+
+
 @pytest.fixture
 def tracer_cls() -> type:
     """The event-recording callback class."""

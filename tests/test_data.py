@@ -301,6 +301,27 @@ def test_learner_takes_dataloaders_as_dls():
     assert DataLoaders.from_tensors((x, y), None).valid is None
 
 
+def test_from_tensors_takes_numpy_arrays():
+    x, y = (t.numpy() for t in samples(20))
+    dls = DataLoaders.from_tensors((x, y), (x[:6], y[:6]), bs=8, seed=3)
+    xb, yb = next(iter(dls.train))
+    assert isinstance(xb, torch.Tensor) and xb.dtype == torch.float32 and yb.dtype == torch.int64
+    assert [len(b) for _, b in dls.train] == [8, 8, 4] and torch.equal(next(iter(dls.valid))[0], torch.as_tensor(x[:6]))
+    torch_order = [b.tolist() for _, b in DataLoaders.from_tensors(samples(20), None, bs=8, seed=3).train]
+    assert [b.tolist() for _, b in DataLoaders.from_tensors((x, y), None, bs=8, seed=3).train] == torch_order
+
+
+@pytest.mark.parametrize("bare", [samples()[0], samples()[0].numpy()], ids=["tensor", "array"])
+def test_from_tensors_says_to_pass_a_pair_when_given_a_bare_tensor(bare):
+    with pytest.raises(TypeError, match=r"train must be a tuple of tensors such as \(x, y\), got a bare .* of shape "
+                                        r"\(50, 1\); pass the inputs and the targets together"):
+        DataLoaders.from_tensors(bare, None)
+    with pytest.raises(TypeError, match=r"valid must be a tuple .* got a bare"):
+        DataLoaders.from_tensors(samples(), bare)
+    with pytest.raises(TypeError, match=r"item 1 of train is a list, not a tensor or NumPy array; convert it first"):
+        DataLoaders.from_tensors((bare, [0] * 50), None)
+
+
 def test_dataloaders_bad_input():
     with pytest.raises(ValueError, match="bs is a number of samples per batch, an int >= 1; got 0"):
         DataLoaders.from_tensors(samples(), None, bs=0)

@@ -76,3 +76,24 @@ def test_an_evaluation_shows_a_batch_bar_alone_and_closes_it(monkeypatch, capsys
     with pytest.raises(RuntimeError):
         learn.predict(torch.randn(2, 9))  # the wrong width: the bar is closed on the error too
     assert learn.progress_bar._pbar is None
+
+
+def test_lr_find_shows_the_sweep_and_its_suggestion_not_an_epoch_table_of_nan():
+    lines: list[str] = []
+    learn = make()  # 4 training batches an epoch: the sweep of 10 spans 3 epochs
+    learn.remove_cbs(ProgressBar).add_cbs(ProgressBar(write=lines.append))
+    found = learn.lr_find(num_it=10)
+    lrs = found.lrs
+    assert lines == [f"lr_find: 10 batches, lr {lrs[0]:.2e} to {lrs[-1]:.2e}; suggested lr {found.lr_steep:.2e} "
+                     f"(steepest fall), lr_min {found.lr_min:.2e} (lowest loss / 10)"]  # fmt: skip
+    learn.fit(1)  # a fit after it has its table again
+    assert lines[1].split()[0] == "epoch" and len(lines) == 3
+
+
+def test_lr_find_in_a_terminal_draws_one_bar_for_the_sweep(monkeypatch, capsys):
+    monkeypatch.setattr("sys.stdout.isatty", lambda: True, raising=False)
+    learn = make()
+    found = learn.lr_find(num_it=10)
+    out = capsys.readouterr().out
+    assert "nan" not in out and "train_loss" not in out and f"suggested lr {found.lr_steep:.2e}" in out
+    assert learn.progress_bar._pbar is None and learn.progress_bar._mbar is None  # closed in after_fit

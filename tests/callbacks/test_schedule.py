@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -23,6 +24,7 @@ from loopkit.callbacks import (
     SaveModel,
     TorchScheduler,
     combine_scheds,
+    one_cycle_scheds,
     sched_cos,
     sched_exp,
     sched_lin,
@@ -180,6 +182,21 @@ def test_combine_scheds_is_continuous_at_joins_when_pieces_share_endpoints(case)
         assert combined(join) == pytest.approx(end, rel=1e-9)
         for eps in (1e-12, -1e-12):  # tiny, as sched_poly(..., 0.5) is steep at its start
             assert combined(join + eps) == pytest.approx(end, abs=1e-4 * scale)
+
+
+@given(weights=st.lists(st.floats(0.05, 1.0), min_size=2, max_size=5))
+@example(weights=[0.6, 0.3, 0.1])  # joins 0.6 and 0.8999999999999999, not 0.9
+@example(weights=[0.25, 0.5, 0.25])
+def test_at_a_join_of_combine_scheds_the_next_piece_starts(weights):
+    pcts = [w / sum(weights) for w in weights]
+    # pieces that never meet: piece i runs from 10 * i + 1 to 10 * i + 5, so a value names its piece
+    combined = combine_scheds(pcts, [sched_lin(10 * i + 1, 10 * i + 5) for i in range(len(pcts))])
+    joins = list(itertools.accumulate(pcts[:-1]))  # the cumulative sums: where piece i + 1 begins
+    for i, join in enumerate(joins, start=1):
+        assert combined(join) == 10 * i + 1  # exactly the next piece's start, not the previous one's end
+        assert combined(math.nextafter(join, 0.0)) == pytest.approx(10 * i - 5)  # just before: the end of piece i - 1
+    for positions in (np.array(joins), torch.tensor(joins, dtype=torch.float64)):
+        assert combined(positions).tolist() == [10 * i + 1 for i in range(1, len(pcts))]
 
 
 def test_combine_scheds_accepts_pcts_that_sum_to_1_within_1e_6():
@@ -376,7 +393,11 @@ def test_fit_one_cycle_makes_the_optimizer_sets_wd_and_adds_its_scheduler_for_on
         (dict(lr_max=0.1, pct_start=1.0), "pct_start .* strictly between 0 and 1"),
         (dict(lr_max=0.0), "lr_max must be > 0"),
         (dict(lr_max=[]), "empty list"),
-        (dict(lr_max=0.1, div=0), "div must be > 0"),
+        (dict(lr_max=0.1, div=0), "div must be >= 1, got 0"),
+        (dict(lr_max=0.1, div=0.5), r"div must be >= 1, got 0.5: the lr starts at lr_max / div, .* div=25"),
+        (dict(lr_max=0.1, div_final=0.1), r"div_final must be >= 1, got 0.1: the lr ends at lr_max / div_final"),
+        (dict(lr_max=0.1, moms=(0.95, 0.85, 1.0)), r"each of moms must be in \[0, 1\) .* got \(0.95, 0.85, 1.0\)"),
+        (dict(lr_max=0.1, moms=(-0.1, 0.85, 0.9)), r"each of moms must be in \[0, 1\)"),
         (dict(lr_max=0.1, moms=(0.9, 0.8)), "three momentums"),
         (dict(lr_max=0.1, wd=-1), "wd .* must be >= 0"),
         (dict(lr_max=[0.1, 0.2, 0.3]), "'lr' has 3 schedules but the optimizer has 1 param group;"),
@@ -387,6 +408,27 @@ def test_fit_one_cycle_rejects_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         learn.fit_one_cycle(1, **kwargs)
     assert not any(isinstance(cb, ParamScheduler) for cb in learn.cbs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(lr_max="1e-3"), r"lr_max must be a number .* got the string '1e-3'; pass a float such as 1e-3"),
+        (dict(lr_max=[0.1, "0.2"]), r"lr_max must be a number, got '0.2'"),
+        (dict(lr_max=0.1, div="25"), r"div must be a number, got '25'"),
+        (dict(lr_max=0.1, div_final=None), r"div_final must be a number, got None"),
+        (dict(lr_max=0.1, pct_start="0.3"), r"pct_start must be a number, got '0.3'"),
+        (dict(lr_max=0.1, moms=(0.95, "0.85", 0.95)), r"each of moms must be a number, got '0.85'"),
+    ],
+)
+def test_fit_one_cycle_rejects_values_that_are_not_numbers_before_training(kwargs, match):
+    with pytest.raises(TypeError, match=f"^fit_one_cycle: {match}"):
+        one_cycle_scheds(**kwargs)
+    learn = make_learner(2, None)
+    weights = [p.detach().clone() for p in learn.model.parameters()]
+    with pytest.raises(TypeError, match=match):
+        learn.fit_one_cycle(1, **kwargs)
+    assert learn.opt is None and all(torch.equal(w, p) for w, p in zip(weights, learn.model.parameters()))
 
 
 # -- TorchScheduler ---------------------------------------------------------------------------
@@ -475,8 +517,32 @@ def test_torch_scheduler_rejects_bad_arguments():
     with pytest.raises(ValueError, match="ReduceLROnPlateau steps on an epoch's figure"):
         learn.fit(1, cbs=[TorchScheduler(lambda opt: torch.optim.lr_scheduler.ReduceLROnPlateau(opt))])
     other = torch.optim.SGD(learn.model.parameters(), lr=0.1)
-    with pytest.raises(ValueError, match="built on another optimizer than learn.opt"):
+    with pytest.raises(ValueError, match=r"the StepLR was built on another optimizer than learn.opt .*"
+                                         r"learn.create_opt\(\).* pass a function that builds it on learn.opt"):
         learn.fit(1, cbs=[TorchScheduler(torch.optim.lr_scheduler.StepLR(other, 1))])
+
+
+@pytest.mark.parametrize(
+    ("cls", "match"),
+    [
+        (torch.optim.lr_scheduler.CosineAnnealingLR, r"got the class CosineAnnealingLR, which needs 'T_max' as well as "
+         r"the optimizer; pass a function that builds it, e.g. TorchScheduler\(lambda opt: CosineAnnealingLR\(opt, "
+         r"T_max=...\)\)"),
+        (torch.optim.lr_scheduler.StepLR, r"StepLR, which needs 'step_size' .* StepLR\(opt, step_size=...\)"),
+        (torch.optim.SGD, r"got the class SGD, which is not a scheduler"),
+    ],
+)
+def test_torch_scheduler_given_a_class_that_needs_arguments_says_to_pass_a_lambda(cls, match):
+    with pytest.raises(TypeError, match=match):
+        TorchScheduler(cls)
+
+
+def test_torch_scheduler_takes_a_class_that_needs_only_the_optimizer():
+    learn = make_learner(2, 1, default_cbs=True)
+    learn.progress_bar.enabled = False
+    sched = TorchScheduler(torch.optim.lr_scheduler.ReduceLROnPlateau, every="epoch")
+    learn.fit(1, cbs=[sched])
+    assert isinstance(sched.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and sched.scheduler.optimizer is learn.opt
 
 
 # -- LRFinder and lr_find ---------------------------------------------------------------------

@@ -62,6 +62,27 @@ def test_early_stopping_max_mode_and_bad_arguments():
         EarlyStopping(min_delta=-1)
 
 
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(min_delta="a"), TypeError, r"min_delta .* must be a number, got 'a'; pass a float"),
+        (dict(min_delta=None), TypeError, r"min_delta .* got None"),
+        (dict(min_delta=float("nan")), ValueError, r"min_delta must be a finite number >= 0, got nan"),
+        (dict(min_delta=-0.1), ValueError, r"min_delta must be a finite number >= 0, got -0.1"),
+        (dict(patience=2.0), TypeError, r"patience .* must be an int, got 2.0; pass e.g. patience=3"),
+        (dict(patience="3"), TypeError, r"patience .* got '3'"),
+        (dict(patience=True), TypeError, r"patience .* got True"),
+        (dict(patience=0), ValueError, r"patience .* must be >= 1, got 0"),
+        (dict(mode="MAX"), ValueError, r"mode must be 'min' or 'max', got 'MAX'"),
+        (dict(mode=None), ValueError, r"mode must be 'min' or 'max', got None"),
+        (dict(monitor=3), TypeError, r"monitor is the name of a column .* got 3; pass a string"),
+    ],
+)
+def test_early_stopping_rejects_bad_arguments_when_built(kwargs, error, match):
+    with pytest.raises(error, match=f"^EarlyStopping: {match}"):
+        EarlyStopping(**kwargs)
+
+
 def nan_at(batch: int):
     """A loss that turns nan at the given training batch of the fit."""
     calls = {"n": 0}
@@ -90,6 +111,17 @@ def test_terminate_on_nan_stops_before_the_nan_reaches_the_weights():
     assert learn.terminate_on_nan.stopped_at == (1, 1, "train")
     assert len(weights) == 4 and torch.equal(learn.model.weight, weights[-1])
     assert torch.isfinite(learn.model.weight).all()
+
+
+def test_the_loss_that_stops_the_fit_is_not_recorded():
+    # Recorder is a default callback, so it is added before TerminateOnNaN, as in the issue.
+    learn = make_learner(n_train=3, n_valid=1, loss_func=nan_at(4), default_cbs=True, cbs=[TerminateOnNaN()])
+    learn.progress_bar.enabled = False
+    with pytest.warns(UserWarning, match="loss is nan"):
+        learn.fit(3)
+    losses = learn.recorder.losses
+    assert len(losses) == 4 and all(math.isfinite(v) for v in losses)  # batches 0-3; batch 4 (nan) stopped the fit
+    assert len(learn.recorder.lrs) == 4  # the hyper-parameters have one row per recorded loss
 
 
 def test_without_terminate_on_nan_the_weights_are_ruined():
