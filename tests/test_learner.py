@@ -624,3 +624,10 @@ def test_the_fit_trains_model_and_loaders_written_in_before_fit():
     learn, _ = written_value_run("before_fit", write)
     assert learn.model is replacement and learn.train_iter == 4 and learn.training  # no validation ran
     assert not all(torch.equal(a, b) for a, b in zip(start, replacement.parameters()))
+
+
+def test_lr_find_on_an_empty_loader_is_refused_before_any_sweep():
+    learn = Learner(tiny_model(), ([], None), F.cross_entropy)
+    with pytest.raises(ValueError, match="train loader yields no batches"):
+        learn.lr_find()
+    assert learn.opt is None
