@@ -16,13 +16,17 @@ from loopkit import ImageData, Learner, digits, image_folder, mnist_idx
 from loopkit.callbacks import ClassificationInterpretation
 
 
-def make_parser(doc: str, name: str, epochs: int, bs: int, lr: float | None,
-                lr_help: str = "learning rate (default: %(default)s)") -> argparse.ArgumentParser:  # fmt: skip
-    """Return the recipe's argument parser with the shared flags and the recipe's defaults."""
+def make_parser(doc: str, name: str, epochs: int | None, bs: int, lr: float | None,
+                lr_help: str = "learning rate (default: %(default)s)",
+                epochs_help: str = "number of epochs (default: %(default)s)") -> argparse.ArgumentParser:  # fmt: skip
+    """Return the recipe's argument parser with the shared flags and the recipe's defaults.
+
+    `epochs` or `lr` may be None when the recipe picks them itself (say per model); their help says how.
+    """
     parser = argparse.ArgumentParser(
         prog=f"python -m loopkit.recipes.{name}", description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--epochs", type=positive_int, default=epochs, help="number of epochs (default: %(default)s)")
+    parser.add_argument("--epochs", type=positive_int, default=epochs, help=epochs_help)
     parser.add_argument("--bs", type=positive_int, default=bs, help="training batch size (default: %(default)s)")
     parser.add_argument("--lr", type=positive_float, default=lr, help=lr_help)
     parser.add_argument("--seed", type=int, default=0,

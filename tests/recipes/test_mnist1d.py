@@ -36,7 +36,7 @@ def test_quick_run_writes_its_files_and_prints_the_test_accuracy(tmp_path, capsy
     assert (name, published, count) == (model, MODELS[model].published, 120)
     assert acc == pytest.approx(figures["test_accuracy"], abs=5e-5) and loss == pytest.approx(figures["test_loss"], abs=5e-5)
     assert figures["test_accuracy"] * count == pytest.approx(round(figures["test_accuracy"] * count))  # a count of signals
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["loss.png", "metrics.csv", "model.pt", "sched.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["confusion.png", "loss.png", "metrics.csv", "model.pt", "sched.png"]
     final = {k: v for k, v in figures.items() if not k.startswith("test_")}
     assert read_metrics(tmp_path) == [{"epoch": 0.0, **final}]
 

@@ -48,8 +48,8 @@ def test_mnist1d_table_has_each_model_with_the_papers_figure():
     table = reported_mnist1d()
     assert sorted(table) == sorted(MODELS)
     assert {model: paper for model, (paper, _) in table.items()} == {m: s.published for m, s in MODELS.items()}
-    # The MLP and the CNN beat the paper; logistic regression ties it (the page says why).
-    assert table["mlp"][1] > table["mlp"][0] and table["cnn"][1] > table["cnn"][0]
+    # Every model beats the paper (logistic regression by a hair: the page says why).
+    assert all(ours > paper for paper, ours in table.values())
 
 
 @pytest.mark.slow
