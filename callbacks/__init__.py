@@ -7,19 +7,18 @@ from .device import Device, pick_device, to_device
 from .distributed import Distributed, ShardBatchSampler
 from .evaluation import GatherPreds, per_sample_loss_func
 from .interpret import ClassificationInterpretation, TopLosses
+from .lr_finder import LRFinder, LRFindResult
 from .precision import GradientClip, MixedPrecision
+from .preserve import preserve_state
 from .progress import ProgressBar
 from .recorder import Recorder
 from .schedule import (
-    AnnealFunc,
     Annealer,
-    LRFinder,
-    LRFindResult,
+    AnnealFunc,
     ParamScheduler,
     TorchScheduler,
     combine_scheds,
     one_cycle_scheds,
-    preserve_state,
     sched_cos,
     sched_exp,
     sched_lin,

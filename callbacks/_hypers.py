@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Any
 
 
@@ -30,3 +32,31 @@ def set_hyper(group: dict[str, Any], name: str, value: float) -> None:
         group["momentum"] = value
     else:
         group[name] = value
+
+
+def resolve_path(root: Any, path: str, who: str) -> tuple[Any, str]:
+    """Return `(owner, attr)` for a dotted `path` from `root` ("model.drop.p"); raise unless it names a number."""
+    *parents, attr = path.split(".")
+    owner, walked = root, "learn"
+    for part in parents:
+        if not hasattr(owner, part):
+            raise ValueError(f"{who}: {path!r} does not resolve: {walked} has no attribute {part!r}; check the path.")
+        owner, walked = getattr(owner, part), f"{walked}.{part}"
+    value = getattr(owner, attr, None)
+    if not hasattr(owner, attr):
+        raise ValueError(f"{who}: {path!r} does not resolve: {walked} has no attribute {attr!r}; check the path.")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(
+            f"{who}: {path!r} is {value!r} ({type(value).__name__}), not a number; schedule a numeric attribute, "
+            "such as a dropout's p (model.drop.p)."
+        )
+    return owner, attr
+
+
+def check_number(func: str, name: str, value: Any) -> float:
+    """Return `value` if it is a finite real number; raise naming `func` and `name` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{func}: {name} must be a number, got {value!r}; pass a float such as 0.1.")
+    if not math.isfinite(value):
+        raise ValueError(f"{func}: {name} must be finite, got {value!r}.")
+    return value  # type: ignore[return-value]  # a Real: int, float or numpy scalar

@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 
 from loopkit import Callback
 
-from ._hypers import hyper_keys
+from ._hypers import hyper_keys, resolve_path
 from ._plot import finish, new_figure
 
 _FOLD_EVERY = 256  # batches whose losses are stacked into one tensor, as AvgStats folds its sums
@@ -27,7 +27,8 @@ class Recorder(Callback):
     `learn.param_scheduler.scheds` (the scheduled names, at `before_fit`).
     Writes on the learner: nothing.
     Publishes: `losses` (training loss per batch), `hps` (name -> one list per param
-    group -> value per batch; `mom` is momentum or Adam's first beta), `lrs` and
+    group -> value per batch; `mom` is momentum or Adam's first beta; an attribute a
+    `ParamScheduler` schedules by dotted path, `"model.drop.p"`, has one list), `lrs` and
     `moms` (the last param group's values, as fastai has them), `epoch_ends`
     (number of batches recorded at the end of each training phase), `scheduled` (the
     names a `ParamScheduler` scheduled in the fit).
@@ -53,6 +54,9 @@ class Recorder(Callback):
         self._chunks: list[torch.Tensor] = []
         self._n = 0  # batches recorded
         self._layout([], 0)
+        self._paths: list[tuple[str, Any, str]] = []  # (dotted path, owner, attribute) a ParamScheduler sets
+        self._path_starts: dict[str, array] = {}
+        self._path_values: dict[str, array] = {}
         self.epoch_ends: list[int] = []
         self.scheduled: list[str] = []
 
@@ -73,6 +77,9 @@ class Recorder(Callback):
         self.scheduled = list(scheduler.scheds) if scheduler is not None else []
         groups = self.opt.param_groups
         self._layout(hyper_keys(groups[0]), len(groups))
+        self._paths = [(name, *resolve_path(self.learn, name, "Recorder")) for name in self.scheduled if "." in name]
+        self._path_starts = {name: array("q") for name, _, _ in self._paths}
+        self._path_values = {name: array("d") for name, _, _ in self._paths}
 
     def after_loss(self) -> None:
         learn = self.learn  # direct reads: this runs on every batch
@@ -85,6 +92,11 @@ class Recorder(Callback):
             row = tuple(map(self._getter, learn.opt.param_groups))  # type: ignore[arg-type]  # set at before_fit
             if row != self._last_row:
                 self._store(row)
+            for name, owner, attr in self._paths:  # attributes scheduled by dotted path
+                value, values = getattr(owner, attr), self._path_values[name]
+                if not values or values[-1] != value:
+                    self._path_starts[name].append(self._n)
+                    values.append(value)
             self._n += 1
 
     def _fold(self) -> None:
@@ -119,7 +131,9 @@ class Recorder(Callback):
         return {"losses": self._loss_tensor().clone(), "keys": [list(k) for k in self._keys],
                 "n_groups": self._n_groups, "starts": [a.tolist() for a in self._starts],
                 "values": [a.tolist() for a in self._values], "epoch_ends": list(self.epoch_ends),
-                "scheduled": list(self.scheduled)}  # fmt: skip
+                "scheduled": list(self.scheduled),
+                "paths": {name: [self._path_starts[name].tolist(), self._path_values[name].tolist()]
+                          for name in self._path_values}}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what `state_dict` returned (or the per-batch rows older checkpoints hold)."""
@@ -143,6 +157,9 @@ class Recorder(Callback):
                 self._layout(self._keys, self._n_groups)
         self._n = len(losses)
         self.epoch_ends, self.scheduled = list(state["epoch_ends"]), list(state.get("scheduled", []))
+        paths = state.get("paths", {})
+        self._path_starts = {name: array("q", starts) for name, (starts, _) in paths.items()}
+        self._path_values = {name: array("d", values) for name, (_, values) in paths.items()}
 
     def _loss_tensor(self) -> torch.Tensor:
         # Gather the record into one host tensor, kept as the only chunk: later reads are free.
@@ -162,13 +179,18 @@ class Recorder(Callback):
         """Hyper-parameter name -> one list per param group -> value per recorded batch."""
         hps: dict[str, list[list[float]]] = {name: [] for name, _, _ in self._keys}
         for column, (starts, values) in enumerate(zip(self._starts, self._values)):
-            name = self._keys[column % len(self._keys)][0]
-            per_batch: list[float] = []
-            for i, value in enumerate(values):
-                end = starts[i + 1] if i + 1 < len(starts) else self._n
-                per_batch += [value] * (end - starts[i])
-            hps[name].append(per_batch)
+            hps[self._keys[column % len(self._keys)][0]].append(self._expand(starts, values))
+        for name, values in self._path_values.items():  # an attribute is one list, as one group
+            hps[name] = [self._expand(self._path_starts[name], values)]
         return hps
+
+    def _expand(self, starts: array, values: array) -> list[float]:
+        # Value i holds from batch starts[i] until the next start (or the last batch recorded).
+        per_batch: list[float] = []
+        for i, value in enumerate(values):
+            end = starts[i + 1] if i + 1 < len(starts) else self._n
+            per_batch += [value] * (end - starts[i])
+        return per_batch
 
     @property
     def iters(self) -> list[int]:

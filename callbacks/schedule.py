@@ -1,52 +1,34 @@
-"""Hyper-parameter schedules: annealers, `ParamScheduler`, one-cycle, torch schedulers, and `LRFinder`.
+"""Hyper-parameter schedules: annealers, `ParamScheduler`, one-cycle and torch schedulers.
 
 An annealer is a function of `pos`, the fraction of training done, in [0, 1].
 `sched_lin(0.1, 1.0)(0.5)` is 0.55. Annealers also take a numpy array or a
 tensor of positions (for plotting), and `combine_scheds` joins them over
 consecutive fractions of training. `ParamScheduler` sets hyper-parameters from
 them at every training batch; `learn.fit_one_cycle` and `learn.lr_find` are
-built on this module.
+built on this module (the finder itself is in `lr_finder.py`).
 """
 
 from __future__ import annotations
 
 import bisect
-import contextlib
-import copy
 import inspect
 import math
 import numbers
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, overload
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, overload
 
 import numpy as np
 import torch
-from torch import distributed as dist
-from matplotlib.figure import Figure
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
-from loopkit import Callback, CancelFit, CancelValidate
+from loopkit import Callback
 
-from ._hypers import hyper_keys, set_hyper
+from ._hypers import check_number, hyper_keys, resolve_path, set_hyper
 from ._monitor import Monitor
-from ._plot import finish, new_figure
-from .checkpoint import rng_state, set_rng_state
-
-if TYPE_CHECKING:
-    from loopkit import Learner
 
 AnnealFunc = Callable[[float], float]
 """A function of `pos` in [0, 1] (the fraction of training done) to a hyper-parameter value."""
-
-
-def _number(func: str, name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{func}: {name} must be a number, got {value!r}; pass a float such as 0.1.")
-    if not math.isfinite(value):
-        raise ValueError(f"{func}: {name} must be finite, got {value!r}.")
-    return value  # type: ignore[return-value]  # a Real: int, float or numpy scalar
 
 
 class Annealer:
@@ -161,12 +143,12 @@ class _No(Annealer):
 
 def sched_lin(start: float, end: float) -> Annealer:
     """Return a straight line from `start` at pos 0 to `end` at pos 1."""
-    return _Lin(_number("sched_lin", "start", start), _number("sched_lin", "end", end))
+    return _Lin(check_number("sched_lin", "start", start), check_number("sched_lin", "end", end))
 
 
 def sched_cos(start: float, end: float) -> Annealer:
     """Return a half cosine from `start` at pos 0 to `end` at pos 1 (flat at both ends)."""
-    return _Cos(_number("sched_cos", "start", start), _number("sched_cos", "end", end))
+    return _Cos(check_number("sched_cos", "start", start), check_number("sched_cos", "end", end))
 
 
 def sched_exp(start: float, end: float) -> Annealer:
@@ -174,7 +156,7 @@ def sched_exp(start: float, end: float) -> Annealer:
 
     Raises `ValueError` unless both are > 0.
     """
-    start, end = _number("sched_exp", "start", start), _number("sched_exp", "end", end)
+    start, end = check_number("sched_exp", "start", start), check_number("sched_exp", "end", end)
     if not (start > 0 and end > 0):
         raise ValueError(
             f"sched_exp: start and end must be > 0 for a geometric curve, got start={start!r}, end={end!r}; "
@@ -185,7 +167,7 @@ def sched_exp(start: float, end: float) -> Annealer:
 
 def sched_no(start: float, end: float | None = None) -> Annealer:
     """Return the constant `start`; `end` is accepted, like the other annealers', and ignored."""
-    return _No(_number("sched_no", "start", start))
+    return _No(check_number("sched_no", "start", start))
 
 
 def sched_poly(start: float, end: float, power: float) -> Annealer:
@@ -193,8 +175,8 @@ def sched_poly(start: float, end: float, power: float) -> Annealer:
 
     Raises `ValueError` unless `power` > 0.
     """
-    start, end = _number("sched_poly", "start", start), _number("sched_poly", "end", end)
-    power = _number("sched_poly", "power", power)
+    start, end = check_number("sched_poly", "start", start), check_number("sched_poly", "end", end)
+    power = check_number("sched_poly", "power", power)
     if not power > 0:
         raise ValueError(f"sched_poly: power must be > 0, got {power!r}; for a constant use sched_no.")
     return _Poly(start, end, power)
@@ -237,7 +219,7 @@ def combine_scheds(pcts: Sequence[float], scheds: Sequence[AnnealFunc]) -> Annea
             f"combine_scheds takes two lists, pcts and scheds, got {type(pcts).__name__} and {type(scheds).__name__}; "
             "e.g. combine_scheds([0.3, 0.7], [sched_cos(0.1, 1.0), sched_cos(1.0, 0.0)])."
         )
-    pcts = [_number("combine_scheds", "each of pcts", p) for p in pcts]
+    pcts = [check_number("combine_scheds", "each of pcts", p) for p in pcts]
     if not pcts or len(pcts) != len(scheds):
         raise ValueError(
             f"combine_scheds: pcts and scheds must be non-empty and of the same length, got {len(pcts)} pcts and "
@@ -288,15 +270,15 @@ def one_cycle_scheds(
     if not lr_maxes:
         raise ValueError(f"{where}: lr_max is an empty list; give one lr per param group, or one number for all.")
     for lr in lr_maxes:
-        if not _number(where, "lr_max", lr) > 0:
+        if not check_number(where, "lr_max", lr) > 0:
             raise ValueError(f"{where}: lr_max must be > 0, got {lr_max!r}; learn.lr_find() suggests one.")
     for name, value, role in (("div", div, "starts at"), ("div_final", div_final, "ends at")):
-        if not _number(where, name, value) >= 1:
+        if not check_number(where, name, value) >= 1:
             raise ValueError(
                 f"{where}: {name} must be >= 1, got {value!r}: the lr {role} lr_max / {name}, which must not exceed lr_max; "
                 f"the usual values are div=25 and div_final=1e5."
             )
-    if not 0 < _number(where, "pct_start", pct_start) < 1:
+    if not 0 < check_number(where, "pct_start", pct_start) < 1:
         raise ValueError(
             f"{where}: pct_start is the fraction of training spent warming up and must be strictly between "
             f"0 and 1, got {pct_start!r}; the usual value is 0.25."
@@ -312,7 +294,7 @@ def one_cycle_scheds(
                 f"{where}: moms must be three momentums (start, at the lr peak, end) or None, got {moms!r}; "
                 "the usual values are (0.95, 0.85, 0.95)."
             )
-        start, low, end = (_number(where, "each of moms", m) for m in moms)
+        start, low, end = (check_number(where, "each of moms", m) for m in moms)
         if not all(0 <= m < 1 for m in (start, low, end)):
             raise ValueError(
                 f"{where}: each of moms must be in [0, 1) (a momentum, or Adam's first beta), got {moms!r}; "
@@ -320,7 +302,7 @@ def one_cycle_scheds(
             )
         scheds["mom"] = combine_scheds(phases, [sched_cos(start, low), sched_cos(low, end)])
     if wd is not None:
-        if not _number(where, "wd", wd) >= 0:
+        if not check_number(where, "wd", wd) >= 0:
             raise ValueError(f"{where}: wd (weight decay) must be >= 0, got {wd!r}.")
         scheds["weight_decay"] = sched_no(wd)
     return scheds
@@ -329,9 +311,10 @@ def one_cycle_scheds(
 class ParamScheduler(Callback):
     """Set hyper-parameters from annealing functions of `pct_train`, at every training batch.
 
-    Events: before_fit, before_train, before_batch. Reads: opt, training, pct_train, n_iter.
+    Events: before_fit, before_train, before_batch, after_fit. Reads: opt, training, pct_train, n_iter.
     Writes on the learner: the scheduled hyper-parameters of `learn.opt.param_groups`,
-    at every training `before_batch` (nothing during validation).
+    and the attributes scheduled by dotted path, at every training `before_batch`
+    (nothing during validation); the attributes go back at `after_fit`.
     Publishes: `scheds` (name -> the function, or list of functions, as given).
     order = -50: after TrainEval (-100) has set this batch's `pct_train`, and before
     callbacks at the default order, so they see this batch's values.
@@ -344,6 +327,13 @@ class ParamScheduler(Callback):
     group counts are checked against the optimizer at `before_fit`. `Recorder`
     reads the param groups after this sets them, so `learn.recorder.hps[name]`
     holds the values set for every batch and `plot_sched()` draws them.
+
+    Schedule anything else by a dotted path from the learner to a numeric
+    attribute: `"model.drop.p"` (a dropout's probability), `"dls.train.dataset.noise"`.
+    A path takes one function; it is resolved and checked at `before_fit` (a
+    `ValueError` if it does not resolve or is not a number), set at every training
+    batch, recorded by `Recorder` as `hps[path]` (one list), and put back to its
+    value from before the fit at `after_fit`, as optimizer hypers are.
     """
 
     order = -50
@@ -364,6 +354,8 @@ class ParamScheduler(Callback):
                 raise ValueError(f"ParamScheduler: the list of schedules for {name!r} is empty; give one per param group.")
         self.scheds = dict(scheds)
         self._plan: list[tuple[int, str, AnnealFunc]] = []
+        self._paths: list[tuple[Any, str, AnnealFunc]] = []
+        self._saved_paths: list[tuple[Any, str, Any]] = []
         self._warned = False
 
     def before_fit(self) -> None:
@@ -371,7 +363,15 @@ class ParamScheduler(Callback):
         if self.learn.evaluating:  # an evaluation is not a fit: nothing to schedule
             return
         groups = self.opt.param_groups
+        self._paths, self._saved_paths = [], []
         for name, funcs in self.scheds.items():
+            if "." in name:  # a dotted path to an attribute, not an optimizer hyper
+                if isinstance(funcs, Sequence):
+                    raise ValueError(f"ParamScheduler: {name!r} is an attribute, not a param group hyper; give one function.")
+                owner, attr = resolve_path(self.learn, name, "ParamScheduler")
+                self._paths.append((owner, attr, funcs))
+                self._saved_paths.append((owner, attr, getattr(owner, attr)))
+                continue
             for g, group in enumerate(groups):
                 if name not in (n for n, _, _ in hyper_keys(group)):
                     names = ", ".join(repr(n) for n, _, _ in hyper_keys(group))
@@ -407,6 +407,14 @@ class ParamScheduler(Callback):
             groups, pos = learn.opt.param_groups, learn.pct_train
             for g, name, func in self._plan:
                 set_hyper(groups[g], name, float(func(pos)))
+            for owner, attr, func in self._paths:
+                setattr(owner, attr, float(func(pos)))
+
+    def after_fit(self) -> None:
+        # Scheduled attributes are per fit too, as the optimizer's hypers are.
+        for owner, attr, value in self._saved_paths:
+            setattr(owner, attr, value)
+        self._saved_paths = []
 
     def __repr__(self) -> str:
         return f"ParamScheduler({self.scheds!r})"
@@ -556,230 +564,3 @@ class TorchScheduler(Callback):
         """Restore what `state_dict` returned (into the scheduler made at `before_fit`)."""
         if self.scheduler is not None and state["scheduler"] is not None:
             self.scheduler.load_state_dict(state["scheduler"])
-
-
-# -- the learning-rate finder ----------------------------------------------------------------
-
-_SMOOTHING = 0.98  # weight of the past in the loss's moving average, as fastai's LR finder
-_DIVERGED = 4.0  # the sweep stops once the smoothed loss exceeds this many times its best
-
-_LOOP_STATE = ("n_epochs", "start_epoch", "epoch", "training", "dl", "iter", "n_iter", "train_iter",
-               "pct_train", "batch", "xb", "yb", "pred", "loss")  # fmt: skip
-
-
-class LRFindResult(float):
-    """What `learn.lr_find()` returns: the suggested lr, with the sweep and its plot.
-
-    It is a float, the suggested lr (`lr_steep`), so it can be passed where an lr
-    goes: `learn.fit_one_cycle(5, learn.lr_find())`. `lr_steep` is the lr where the
-    smoothed loss falls fastest against log(lr), searched from a tenth of the way
-    into the sweep (where the moving average is still noisy) up to the lowest loss;
-    the first lr if the loss never falls. `lr_min` is the lr of the lowest smoothed
-    loss divided by 10. `lrs` and `losses` are the sweep: the lr of each batch and
-    the smoothed loss there.
-    """
-
-    lr_min: float
-    lr_steep: float
-    lrs: list[float]
-    losses: list[float]
-
-    def __new__(cls, lr_min: float, lr_steep: float, lrs: list[float], losses: list[float]) -> LRFindResult:
-        result = super().__new__(cls, lr_steep)
-        result.lr_min, result.lr_steep, result.lrs, result.losses = float(lr_min), float(lr_steep), lrs, losses
-        return result
-
-    def __repr__(self) -> str:
-        return f"LRFindResult(lr_min={self.lr_min!r}, lr_steep={self.lr_steep!r})"
-
-    @classmethod
-    def from_sweep(cls, lrs: Sequence[float], losses: Sequence[float]) -> LRFindResult:
-        """Compute the suggestions for a sweep of `lrs` and their smoothed `losses`.
-
-        Raises `ValueError` if no loss is finite.
-        """
-        lr_arr, loss_arr = np.asarray(lrs, dtype=np.float64), np.asarray(losses, dtype=np.float64)
-        finite = np.isfinite(loss_arr)
-        if not finite.any():
-            raise ValueError(
-                f"lr_find: none of the {len(loss_arr)} recorded losses is finite, so there is nothing to suggest; "
-                "check the model and data with a plain fit, or lower start_lr."
-            )
-        lr_arr, loss_arr = lr_arr[finite], loss_arr[finite]
-        lowest = int(np.argmin(loss_arr))
-        steep = 0
-        if lowest > 0:
-            slopes = np.gradient(loss_arr, np.log(lr_arr))
-            # the moving average has seen only a few batches in the first tenth of the sweep,
-            # so batch-to-batch noise there can look steeper than the real descent
-            first = len(loss_arr) // 10 if len(loss_arr) // 10 < lowest else 0
-            steep = first + int(np.argmin(slopes[first : lowest + 1]))
-        return cls(float(lr_arr[lowest] / 10), float(lr_arr[steep]), list(map(float, lrs)), list(map(float, losses)))
-
-    def plot(self, path: str | Path | None = None) -> Figure:
-        """Plot the smoothed loss against the lr on a log axis, both suggestions marked; return the figure.
-
-        The figure is open in pyplot, so `fig.show()` displays it (`plt.close(fig)`
-        frees it); `path` saves it instead (PNG by its suffix; under distributed
-        training only rank 0 writes) and closes it in pyplot.
-        """
-        lrs, losses = np.asarray(self.lrs), np.asarray(self.losses)
-        fig = new_figure(figsize=(6, 4))
-        ax = fig.add_subplot()
-        ax.plot(lrs, losses)
-        ax.set_xscale("log")
-        finite = np.isfinite(losses)
-        log_lrs, good = np.log(lrs[finite]), losses[finite]
-        for lr, marker, label in ((self.lr_steep, "o", "steepest"), (self.lr_min, "v", "minimum / 10")):
-            ax.plot([lr], [np.interp(np.log(lr), log_lrs, good)], marker, label=f"{label}: {lr:.2e}")
-        # keep a diverging tail from flattening the interesting part of the curve
-        lowest = int(np.argmin(good))
-        top = good[: lowest + 1].max()
-        if good.max() > top > good[lowest]:
-            ax.set_ylim(good[lowest] - 0.1 * (top - good[lowest]), top + 0.2 * (top - good[lowest]))
-        ax.set_xlabel("learning rate (log scale)")
-        ax.set_ylabel("smoothed loss")
-        ax.legend()
-        return finish(fig, path)
-
-
-class LRFinder(Callback):
-    """Raise the lr exponentially over training batches and record the smoothed loss.
-
-    Events: before_fit, before_batch, after_loss, before_validate, after_fit.
-    Reads: model, opt, training, loss.
-    Writes on the learner: the `lr` of every param group, at each training batch;
-    at `after_fit`, the model's parameters, buffers, gradients and train/eval modes
-    and the optimizer's state, put back bitwise as they were at `before_fit`.
-    Raises `CancelValidate` (validation is skipped) and `CancelFit` (after `num_it`
-    batches, or once the loss diverges).
-    Publishes: `lrs` and `losses` (the lr and the smoothed loss of each batch), and
-    `result` (an `LRFindResult` with the suggestions); `ProgressBar` reads these
-    and `num_it` to show the sweep as one bar and print the suggestion.
-    order = 100: after every other callback, so its lr wins over schedulers at
-    `before_batch` and its restore at `after_fit` comes last (after, e.g., a
-    `SaveModel(restore_best=True)` has loaded weights).
-
-    Batch `i` of `num_it` trains at `start_lr * (end_lr / start_lr) ** (i / (num_it - 1))`,
-    so the last one is at `end_lr`. The loss is read on the host once per batch
-    (the stop decision needs it) and smoothed by an exponential moving average.
-    With `stop_div`, the sweep stops once the smoothed loss is not finite or
-    exceeds 4 times its lowest value. `learn.lr_find()` runs it for enough epochs
-    and also puts back the rest of the learner (see `preserve_state`).
-    """
-
-    order = 100
-
-    def __init__(self, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100, stop_div: bool = True) -> None:
-        start_lr, end_lr = _number("LRFinder", "start_lr", start_lr), _number("LRFinder", "end_lr", end_lr)
-        if not 0 < start_lr < end_lr:
-            raise ValueError(
-                f"LRFinder: need 0 < start_lr < end_lr, got start_lr={start_lr!r}, end_lr={end_lr!r}; "
-                "the defaults 1e-7 and 10 suit most models."
-            )
-        if isinstance(num_it, bool) or not isinstance(num_it, int) or num_it < 2:
-            raise ValueError(f"LRFinder: num_it is the number of batches to sweep and must be an int >= 2, got {num_it!r}.")
-        self.start_lr, self.end_lr, self.num_it, self.stop_div = start_lr, end_lr, num_it, bool(stop_div)
-        self._sched = sched_exp(start_lr, end_lr)
-        self.lrs: list[float] = []
-        self.losses: list[float] = []
-        self._saved: dict[str, Any] | None = None
-
-    def epochs_for(self, dl: Any) -> int:
-        """Return how many epochs of loader `dl` cover `num_it` batches (`num_it` if it has no length)."""
-        try:
-            n_batches = len(dl)
-        except TypeError:  # no length, or a DataLoader over an IterableDataset
-            n_batches = 0
-        return -(-self.num_it // n_batches) if n_batches else self.num_it
-
-    def before_fit(self) -> None:
-        self.lrs, self.losses = [], []
-        self._average, self._best = 0.0, math.inf
-        model = self.model
-        tensors = [*model.parameters(), *model.buffers()]
-        self._saved = {
-            "tensors": [(t, t.detach().clone()) for t in tensors],
-            "grads": [(p, None if p.grad is None else p.grad.detach().clone()) for p in model.parameters()],
-            "modes": [(m, m.training) for m in model.modules()],
-            "opt": copy.deepcopy(self.opt.state_dict()),  # state_dict() shares the live buffers: copy them
-        }
-
-    def before_batch(self) -> None:
-        if self.training:
-            lr = self._sched(len(self.lrs) / (self.num_it - 1))
-            for group in self.opt.param_groups:
-                group["lr"] = lr
-
-    def after_loss(self) -> None:
-        if not self.training:
-            return
-        self.lrs.append(self.opt.param_groups[0]["lr"])
-        loss = float(self.loss.detach())
-        self._average = _SMOOTHING * self._average + (1 - _SMOOTHING) * loss
-        smoothed = self._average / (1 - _SMOOTHING ** len(self.lrs))  # debiased, as in Adam
-        self.losses.append(smoothed)
-        if math.isfinite(smoothed):
-            self._best = min(self._best, smoothed)
-        if self.stop_div and (not math.isfinite(smoothed) or smoothed > _DIVERGED * self._best):
-            raise CancelFit
-        if len(self.lrs) >= self.num_it:
-            raise CancelFit  # the last loss is recorded; its step would be undone anyway
-
-    def before_validate(self) -> None:
-        raise CancelValidate
-
-    def after_fit(self) -> None:
-        saved, self._saved = self._saved, None
-        if saved is None:  # the fit failed before our before_fit
-            return
-        with torch.no_grad():
-            for tensor, value in saved["tensors"]:
-                tensor.copy_(value)
-        for param, grad in saved["grads"]:
-            param.grad = grad
-        for module, mode in saved["modes"]:
-            module.training = mode
-        self.opt.load_state_dict(saved["opt"])
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            # Each rank saw its own shard's losses: all take rank 0's sweep, so all get one suggestion.
-            sweep = [self.lrs, self.losses]
-            dist.broadcast_object_list(sweep, src=0)
-            self.lrs, self.losses = sweep
-
-    @property
-    def result(self) -> LRFindResult:
-        """The suggestions and the sweep, as an `LRFindResult`."""
-        return LRFindResult.from_sweep(self.lrs, self.losses)
-
-
-@contextlib.contextmanager
-def preserve_state(learn: Learner) -> Iterator[Learner]:
-    """Put back, when the block ends, what a fit changes besides the weights and the optimizer's state.
-
-    That is the loop's counters (`n_epochs`, `epoch`, `train_iter`, `pct_train`,
-    `batch`, `loss`, ...), the state of every callback that has a `state_dict()`
-    (`Recorder`'s record, `AvgStats`' history, `EarlyStopping`'s counters), the
-    RNG states the data and model draw from, and `learn.opt` itself if it did not
-    exist yet. `learn.lr_find` runs its sweep inside this block; `LRFinder` puts
-    back the weights and the optimizer's state. Gradients present before the block
-    are put back too (a fit leaves none of its own).
-    """
-    loop = {name: getattr(learn, name) for name in _LOOP_STATE}
-    opt = learn.opt
-    # The fit clears every gradient when it ends; gradients from before the sweep come back.
-    grads = [(p, None if p.grad is None else p.grad.detach().clone()) for p in learn.model.parameters()]
-    states = [(cb, copy.deepcopy(cb.state_dict())) for cb in learn.cbs if callable(getattr(cb, "state_dict", None))]
-    rng = rng_state(learn)
-    try:
-        yield learn
-    finally:
-        for name, value in loop.items():
-            setattr(learn, name, value)
-        for param, grad in grads:
-            param.grad = grad
-        if opt is None:
-            learn.opt = None  # type: ignore[assignment]  # the next fit makes a fresh one, as it would have
-        for cb, state in states:
-            cb.load_state_dict(state)
-        set_rng_state(learn, rng)

@@ -47,7 +47,7 @@ from .events import (
 )
 
 if TYPE_CHECKING:
-    from loopkit.callbacks.schedule import LRFindResult
+    from loopkit.callbacks.lr_finder import LRFindResult
     from loopkit.callbacks.stats import PhaseStats
 
 Batch = tuple[Any, ...] | list[Any]

@@ -754,3 +754,47 @@ def test_lr_find_result_is_the_suggested_lr_and_loggers_sit_the_sweep_out(tmp_pa
     assert log.learn is learn and best.learn is learn  # back on the learner for the real fit
     learn.fit_one_cycle(1, found)
     assert (tmp_path / "log.csv").exists() and (tmp_path / "best.pt").exists()
+
+
+# -- schedule anything: attributes by dotted path ---------------------------------------------------
+
+
+def dropout_learner(n_train: int = 4) -> Learner:
+    learn = make_learner(n_train, 1, cbs=[Recorder()])
+    torch.manual_seed(0)
+    learn.model = nn.Sequential(nn.Linear(N_FEATURES, 8), nn.Dropout(0.5), nn.Linear(8, N_CLASSES))
+    return learn
+
+
+@given(n_epochs=st.integers(1, 3), n_train=st.integers(1, 4))
+def test_a_dropout_scheduled_by_path_is_set_and_recorded_at_every_batch_and_put_back(n_epochs, n_train):
+    learn = dropout_learner(n_train)
+    sched = sched_lin(0.1, 0.6)
+    seen = []
+
+    class Spy(Callback):
+        order = 10
+
+        def before_batch(self):
+            if self.training:
+                seen.append((self.pct_train, self.model[1].p))
+
+    learn.fit(n_epochs, cbs=[ParamScheduler({"model.1.p": sched}), Spy()])
+    assert [p for _, p in seen] == [sched(pct) for pct, _ in seen]
+    assert learn.recorder.hps["model.1.p"] == [[p for _, p in seen]]
+    assert learn.model[1].p == 0.5  # per fit, as optimizer hypers are
+    fig = learn.recorder.plot_sched()
+    assert "model.1.p" in [ax.get_title() for ax in fig.axes]
+
+
+@pytest.mark.parametrize(("path", "match"), [
+    ("model.9.p", r"'model.9.p' does not resolve: learn.model has no attribute '9'"),
+    ("model.1.q", r"'model.1.q' does not resolve: learn.model.1 has no attribute 'q'"),
+    ("model.1.inplace", r"'model.1.inplace' is False \(bool\), not a number"),
+])  # fmt: skip
+def test_a_path_that_does_not_resolve_or_is_not_a_number_is_refused_before_training(path, match):
+    learn = dropout_learner()
+    before = [p.detach().clone() for p in learn.model.parameters()]
+    with pytest.raises(ValueError, match=match):
+        learn.fit(1, cbs=[ParamScheduler({path: sched_lin(0.1, 0.6)})])
+    assert all(torch.equal(a, b) for a, b in zip(before, learn.model.parameters()))
