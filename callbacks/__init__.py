@@ -6,6 +6,7 @@ from .csvlog import CSVLogger
 from .device import Device, pick_device, to_device
 from .distributed import Distributed, ShardBatchSampler
 from .evaluation import GatherPreds, per_sample_loss_func
+from .hooks import Hook, HookFunc, Hooks, HooksCallback, ModuleSpec, select_modules
 from .precision import GradientClip, MixedPrecision
 from .progress import ProgressBar
 from .recorder import Recorder
@@ -40,9 +41,14 @@ __all__ = [
     "GatherPreds",
     "GradientAccumulation",
     "GradientClip",
+    "Hook",
+    "HookFunc",
+    "Hooks",
+    "HooksCallback",
     "LRFindResult",
     "LRFinder",
     "MixedPrecision",
+    "ModuleSpec",
     "ParamScheduler",
     "PhaseStats",
     "ProgressBar",
@@ -64,5 +70,6 @@ __all__ = [
     "sched_lin",
     "sched_no",
     "sched_poly",
+    "select_modules",
     "to_device",
 ]
