@@ -1,6 +1,7 @@
 """The callbacks that ship with loopkit; the first four are on every learner by default."""
 
 from .accumulation import GradientAccumulation
+from .activations import ActivationStats, activation_row
 from .checkpoint import SaveModel
 from .csvlog import CSVLogger
 from .device import Device, pick_device, to_device
@@ -31,6 +32,7 @@ from .stopping import EarlyStopping, TerminateOnNaN
 from .training import TrainEval
 
 __all__ = [
+    "ActivationStats",
     "AnnealFunc",
     "Annealer",
     "AvgStats",
@@ -59,6 +61,7 @@ __all__ = [
     "TorchScheduler",
     "TrainEval",
     "WeightedSums",
+    "activation_row",
     "batch_size",
     "combine_scheds",
     "one_cycle_scheds",
