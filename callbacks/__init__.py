@@ -4,6 +4,7 @@ from .accumulation import GradientAccumulation
 from .activations import ActivationStats, activation_row
 from .checkpoint import SaveModel
 from .csvlog import CSVLogger
+from .debug import FirstBatches, OverfitBatches, ShortEpoch
 from .device import Device, pick_device, to_device
 from .distributed import Distributed, ShardBatchSampler
 from .evaluation import GatherPreds, per_sample_loss_func
@@ -40,6 +41,7 @@ __all__ = [
     "Device",
     "Distributed",
     "EarlyStopping",
+    "FirstBatches",
     "GatherPreds",
     "GradientAccumulation",
     "GradientClip",
@@ -51,12 +53,14 @@ __all__ = [
     "LRFinder",
     "MixedPrecision",
     "ModuleSpec",
+    "OverfitBatches",
     "ParamScheduler",
     "PhaseStats",
     "ProgressBar",
     "Recorder",
     "SaveModel",
     "ShardBatchSampler",
+    "ShortEpoch",
     "TerminateOnNaN",
     "TorchScheduler",
     "TrainEval",
