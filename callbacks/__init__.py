@@ -30,6 +30,7 @@ from .schedule import (
 )
 from .stats import AvgStats, PhaseStats, WeightedSums, batch_size
 from .stopping import EarlyStopping, TerminateOnNaN
+from .summary import Summary, summary
 from .training import TrainEval
 
 __all__ = [
@@ -61,6 +62,7 @@ __all__ = [
     "SaveModel",
     "ShardBatchSampler",
     "ShortEpoch",
+    "Summary",
     "TerminateOnNaN",
     "TorchScheduler",
     "TrainEval",
@@ -78,5 +80,6 @@ __all__ = [
     "sched_no",
     "sched_poly",
     "select_modules",
+    "summary",
     "to_device",
 ]
