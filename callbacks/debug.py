@@ -62,7 +62,7 @@ class ShortEpoch(Callback):
                 f"ShortEpoch: a float limit is the fraction of each loader to run and must be in (0, 1], "
                 f"got {limit!r}; for a number of batches pass an int, such as ShortEpoch(5)."
             )
-        self.limit = limit
+        self.limit: int | float = limit
 
     def before_fit(self) -> None:
         if self.learn.evaluating or isinstance(self.limit, numbers.Integral):
@@ -133,7 +133,8 @@ class OverfitBatches(Callback):
                 f"OverfitBatches: min_drop is the fraction the loss must lose, in [0, 1), got {min_drop!r}; "
                 "0.5 asks for the last epoch's loss to be at most half the first's."
             )
-        self.n_batches, self.min_drop = n_batches, float(min_drop)
+        self.n_batches: int = n_batches
+        self.min_drop: float = float(min_drop)
         self.batches: list[Any] = []
         self.losses: list[float] = []
         self.fell: bool | None = None

@@ -46,8 +46,9 @@ def select_modules(model: nn.Module, modules: ModuleSpec = None) -> list[tuple[s
                 "class or name, e.g. modules=nn.ReLU or modules=['0', '2']."
             )
         return chosen
-    one = isinstance(modules, (str, type, nn.Module)) or not isinstance(modules, Iterable)  # a Sequential iterates
-    specs = [modules] if one else list(modules)
+    specs: list[Any] = [modules]
+    if not isinstance(modules, (str, type, nn.Module)) and isinstance(modules, Iterable):  # a Sequential iterates
+        specs = list(modules)
     wanted: set[int] = set()
     for spec in specs:
         wanted.update(id(m) for m in _match(model, named, spec))
