@@ -9,6 +9,7 @@ from .device import Device, pick_device, to_device
 from .distributed import Distributed, ShardBatchSampler
 from .evaluation import GatherPreds, per_sample_loss_func
 from .hooks import Hook, HookFunc, Hooks, HooksCallback, ModuleSpec, select_modules
+from .params import NORM_TYPES, decay_groups, freeze, no_decay_params, unfreeze, wd_per_group
 from .precision import GradientClip, MixedPrecision
 from .progress import ProgressBar
 from .recorder import Recorder
@@ -54,6 +55,7 @@ __all__ = [
     "LRFinder",
     "MixedPrecision",
     "ModuleSpec",
+    "NORM_TYPES",
     "OverfitBatches",
     "ParamScheduler",
     "PhaseStats",
@@ -70,6 +72,9 @@ __all__ = [
     "activation_row",
     "batch_size",
     "combine_scheds",
+    "decay_groups",
+    "freeze",
+    "no_decay_params",
     "one_cycle_scheds",
     "per_sample_loss_func",
     "pick_device",
@@ -82,4 +87,6 @@ __all__ = [
     "select_modules",
     "summary",
     "to_device",
+    "unfreeze",
+    "wd_per_group",
 ]
