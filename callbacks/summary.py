@@ -100,7 +100,8 @@ def _table(learn: Learner, model: nn.Module, rows: list[tuple[str, nn.Module]], 
     line = "  ".join("-" * w for w in widths)
     text = [f"{type(model).__name__} (input: {', '.join(shape_text(x) for x in xb)})"]
     for i, row in enumerate(table):
-        text.append("  ".join(cell.ljust(w) if j < 2 else cell.rjust(w) for j, (cell, w) in enumerate(zip(row, widths))))
+        cells = (cell.ljust(w) if j < 2 else cell.rjust(w) for j, (cell, w) in enumerate(zip(row, widths)))
+        text.append("  ".join(cells).rstrip())
         if i == 0:
             text.append(line)
     unique = {id(p): p for p in model.parameters()}.values()  # a shared parameter counts once
