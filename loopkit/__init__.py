@@ -14,6 +14,7 @@ from .events import (
     CancelValidate,
 )
 from .learner import Learner
+from .seed import set_seed
 
 __version__ = "0.1.0"
 
@@ -34,4 +35,5 @@ __all__ = [
     "digits",
     "image_folder",
     "mnist_idx",
+    "set_seed",
 ]

@@ -582,22 +582,53 @@ class Learner:
     def fit_one_cycle(self, n_epochs: int, lr_max: float | Sequence[float], div: float = 25.0,
                       div_final: float = 1e5, pct_start: float = 0.25,
                       moms: Sequence[float] | None = (0.95, 0.85, 0.95), wd: float | None = None,
-                      cbs: Callback | Iterable[Callback] | None = None, resume: str | Path | None = None) -> None:
+                      wd_bn_bias: bool = False, cbs: Callback | Iterable[Callback] | None = None,
+                      resume: str | Path | None = None) -> None:
         """Fit with the one-cycle policy: the lr warms up to `lr_max` and anneals down, momentum the other way.
 
         Over the first `pct_start` of training the lr follows a half cosine from
         `lr_max / div` to `lr_max`, then another down to `lr_max / div_final`;
         momentum goes from `moms[0]` to `moms[1]` and back to `moms[2]` (`None`:
-        left alone). `lr_max` may be a list, one per param group. `wd`, if given,
-        sets `weight_decay` of every group. A `ParamScheduler` with these schedules
+        left alone). `lr_max` may be a list, one per param group. `wd`, if given, is
+        the weight decay of the fit: for the weights only, unless `wd_bn_bias`, since
+        decaying biases and normalization parameters only hurts (they go to a group
+        of their own with `weight_decay` 0; see `loopkit.callbacks.wd_per_group`,
+        which says how groups are split). A `ParamScheduler` with these schedules
         (`one_cycle_scheds`) is added for this fit only, with `cbs`. `resume` is as
         for `fit`: the schedules follow `pct_train`, so a resumed one-cycle fit with
         the same arguments continues the curve exactly.
         """
-        from loopkit.callbacks import ParamScheduler, one_cycle_scheds
+        from loopkit.callbacks import ParamScheduler, one_cycle_scheds, sched_no, wd_per_group
 
-        scheduler = ParamScheduler(one_cycle_scheds(lr_max, div, div_final, pct_start, moms, wd))
-        self.fit(n_epochs, cbs=[scheduler, *_flatten([cbs])], resume=resume)
+        scheds = one_cycle_scheds(lr_max, div, div_final, pct_start, moms, wd)  # checks every argument first
+        if wd is not None:
+            scheds["weight_decay"] = [sched_no(w) for w in wd_per_group(self, wd, wd_bn_bias)]
+        self.fit(n_epochs, cbs=[ParamScheduler(scheds), *_flatten([cbs])], resume=resume)
+
+    def summary(self) -> str:
+        """Return a table of the model's layers (output shapes from one train batch, parameters) and the setup.
+
+        One forward pass of the first train batch under no_grad and eval mode; nothing
+        trains or changes (weights, modes, RNG states). Works before the first fit.
+        Raises `ValueError` when the train loader yields no batch.
+        """
+        from loopkit.callbacks import summary
+
+        return summary(self)
+
+    def freeze(self, modules: Any = None, train_bn: bool = True) -> Learner:
+        """Stop training `modules` (default: every param group but the last); see `loopkit.callbacks.freeze`."""
+        from loopkit.callbacks import freeze
+
+        freeze(self, modules, train_bn)
+        return self
+
+    def unfreeze(self) -> Learner:
+        """Train every parameter of the model again."""
+        from loopkit.callbacks import unfreeze
+
+        unfreeze(self)
+        return self
 
     def lr_find(self, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100, stop_div: bool = True,
                 cbs: Callback | Iterable[Callback] | None = None) -> LRFindResult:

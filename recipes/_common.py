@@ -1,15 +1,13 @@
-"""What every recipe shares: its command line, its data, seeding, a metric, the files it writes."""
+"""What every recipe shares: its command line, its data, a metric, the files it writes."""
 
 from __future__ import annotations
 
 import argparse
 import csv
-import random
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from loopkit import ImageData, Learner, digits, image_folder, mnist_idx
@@ -53,13 +51,6 @@ def positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be greater than 0, got {value}")
     return value
-
-
-def seed_everything(seed: int) -> None:
-    """Seed python's, numpy's and torch's global RNGs, so the same seed gives the same run."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def load_data(path: Path | None) -> ImageData:

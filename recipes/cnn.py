@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from loopkit import DataLoaders, Learner
-from loopkit.recipes._common import accuracy, load_data, make_parser, save_outputs, seed_everything
+from loopkit import DataLoaders, Learner, set_seed
+from loopkit.recipes._common import accuracy, load_data, make_parser, save_outputs
 
 EPOCHS, BS, LR, CHANNELS = 8, 64, 0.1, (32, 64)
 
@@ -42,7 +42,7 @@ def make_cnn(n_channels: int, n_classes: int, channels: tuple[int, int] = CHANNE
 def main(argv: list[str] | None = None) -> dict[str, float]:
     """Train, print the epoch table and the final figures, write the outputs; return the final figures."""
     args = make_parser(__doc__, "cnn", EPOCHS, BS, LR).parse_args(argv)
-    seed_everything(args.seed)
+    set_seed(args.seed)
     data = load_data(args.data)
     dls = DataLoaders.from_tensors(data.train, data.valid, bs=args.bs, seed=args.seed)
     model = make_cnn(data.train[0].shape[1], len(data.classes))

@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from loopkit import DataLoaders, Learner
+from loopkit import DataLoaders, Learner, set_seed
 from loopkit.callbacks import Distributed, GradientAccumulation, MixedPrecision
-from loopkit.recipes._common import accuracy, load_data, make_parser, save_outputs, seed_everything
+from loopkit.recipes._common import accuracy, load_data, make_parser, save_outputs
 
 EPOCHS, BS, LR, MOMENTUM, HIDDEN = 10, 64, 0.05, 0.9, 100
 
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--amp", choices=["bf16", "fp16"], default=None,
                         help="mixed precision: autocast in bfloat16, or in float16 with loss scaling (default: float32)")
     args = parser.parse_args(argv)
-    seed_everything(args.seed)
+    set_seed(args.seed)
     data = load_data(args.data)
     dls = DataLoaders.from_tensors(data.train, data.valid, bs=args.bs, seed=args.seed)
     model = nn.Sequential(

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from loopkit import DataLoaders, Learner
-from loopkit.recipes._common import accuracy, load_data, make_parser, save_outputs, seed_everything
+from loopkit import DataLoaders, Learner, set_seed
+from loopkit.recipes._common import accuracy, load_data, make_parser, save_outputs
 
 EPOCHS, BS, LR = 10, 64, 0.1
 
@@ -23,7 +23,7 @@ EPOCHS, BS, LR = 10, 64, 0.1
 def main(argv: list[str] | None = None) -> dict[str, float]:
     """Train, print the epoch table and the final figures, write the outputs; return the final figures."""
     args = make_parser(__doc__, "linear", EPOCHS, BS, LR).parse_args(argv)
-    seed_everything(args.seed)
+    set_seed(args.seed)
     data = load_data(args.data)
     dls = DataLoaders.from_tensors(data.train, data.valid, bs=args.bs, seed=args.seed)
     model = nn.Sequential(nn.Flatten(), nn.Linear(data.train[0][0].numel(), len(data.classes)))

@@ -18,8 +18,8 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from loopkit import DataLoaders, Learner
-from loopkit.recipes._common import accuracy, load_data, make_parser, save_outputs, seed_everything
+from loopkit import DataLoaders, Learner, set_seed
+from loopkit.recipes._common import accuracy, load_data, make_parser, save_outputs
 from loopkit.recipes.cnn import make_cnn
 
 EPOCHS, BS = 8, 64
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     """Sweep, plot, train at the suggested lr and write the outputs; return the final figures and the lr."""
     lr_help = "lr_max of the one-cycle fit (default: the LR finder's lr_steep suggestion)"
     args = make_parser(__doc__, "lr_find", EPOCHS, BS, None, lr_help).parse_args(argv)
-    seed_everything(args.seed)
+    set_seed(args.seed)
     data = load_data(args.data)
     dls = DataLoaders.from_tensors(data.train, data.valid, bs=args.bs, seed=args.seed)
     model = make_cnn(data.train[0].shape[1], len(data.classes))

@@ -37,8 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from loopkit import DataLoaders, Learner
-from loopkit.recipes._common import accuracy, make_parser, positive_int, save_outputs, seed_everything
+from loopkit import DataLoaders, Learner, set_seed
+from loopkit.recipes._common import accuracy, make_parser, positive_int, save_outputs
 
 Tensors = tuple[torch.Tensor, torch.Tensor]
 
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     epochs = settings.epochs if args.epochs is None else args.epochs
 
     train, valid, test = make_signals(args.samples)
-    seed_everything(args.seed)  # after make_signals, which reseeds the global generators
+    set_seed(args.seed)  # after make_signals, which reseeds the global generators
     dls = DataLoaders.from_tensors(train, valid, bs=args.bs, seed=args.seed)
     learn = Learner(make_model(args.model), dls, F.cross_entropy, opt_func=torch.optim.AdamW, metrics=[accuracy])
     learn.fit_one_cycle(epochs, lr, wd=wd)

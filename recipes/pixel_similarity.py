@@ -21,8 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from loopkit import set_seed
 from loopkit.callbacks import ClassificationInterpretation
-from loopkit.recipes._common import load_data, make_parser, report, seed_everything, write_confusion, write_metrics
+from loopkit.recipes._common import load_data, make_parser, report, write_confusion, write_metrics
 
 EPOCHS, BS, LR = 1, 64, 0.0  # nothing is trained; kept for a uniform command line
 
@@ -44,7 +45,7 @@ class MeanImages(nn.Module):
 def main(argv: list[str] | None = None) -> dict[str, float]:
     """Score the validation split, print and write the figures; return them."""
     args = make_parser(__doc__, "pixel_similarity", EPOCHS, BS, LR).parse_args(argv)
-    seed_everything(args.seed)
+    set_seed(args.seed)
     data = load_data(args.data)
     model = MeanImages(data.train[0], data.train[1], len(data.classes))
     x, y = data.valid

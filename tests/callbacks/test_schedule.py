@@ -375,15 +375,20 @@ def test_fit_one_cycle_makes_the_optimizer_sets_wd_and_adds_its_scheduler_for_on
     assert learn.opt is None
     learn.fit_one_cycle(1, 0.01, wd=0.05)
     assert isinstance(learn.opt, torch.optim.AdamW)
-    assert learn.recorder.hps["weight_decay"] == [[0.05] * 3]
+    # Weight decay for the weights; the bias has a group of its own without it (wd_bn_bias=False).
+    assert learn.recorder.hps["weight_decay"] == [[0.05] * 3, [0.0] * 3]
+    assert [p for g in learn.opt.param_groups for p in g["params"]] == [learn.model.weight, learn.model.bias]
     assert not any(isinstance(cb, ParamScheduler) for cb in learn.cbs)
     fig = learn.recorder.plot_sched()
     assert [ax.get_title() for ax in fig.axes] == ["lr", "mom", "weight_decay"]  # every scheduled name
-    assert [(g["lr"], g["betas"], g["weight_decay"]) for g in learn.opt.param_groups] == [(0.01, (0.9, 0.999), 0.01)]
-    learn.fit_one_cycle(1, [0.01], moms=None)  # again, with a per-group list and momentum left alone
+    assert [(g["lr"], g["betas"], g["weight_decay"]) for g in learn.opt.param_groups] == [
+        (0.01, (0.9, 0.999), 0.01), (0.01, (0.9, 0.999), 0.0)]  # fmt: skip
+    learn.fit_one_cycle(1, [0.01, 0.02], moms=None)  # again, with a per-group list and momentum left alone
     # The first fit's hypers did not leak: AdamW's own first beta and weight decay are back.
     assert learn.recorder.moms == [0.9] * 3 and len(set(learn.recorder.lrs)) == 3
-    assert learn.recorder.hps["weight_decay"] == [[0.01] * 3]
+    assert learn.recorder.hps["weight_decay"] == [[0.01] * 3, [0.0] * 3]
+    learn.fit_one_cycle(1, 0.01, wd=0.05, wd_bn_bias=True)  # every group decays
+    assert learn.recorder.hps["weight_decay"] == [[0.05] * 3, [0.05] * 3]
 
 
 @pytest.mark.parametrize(
