@@ -27,6 +27,7 @@ from .schedule import (
 )
 from .stats import AvgStats, PhaseStats, WeightedSums, batch_size
 from .stopping import EarlyStopping, TerminateOnNaN
+from .tensorboard import TensorBoardLogger
 from .training import TrainEval
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "Recorder",
     "SaveModel",
     "ShardBatchSampler",
+    "TensorBoardLogger",
     "TerminateOnNaN",
     "TorchScheduler",
     "TrainEval",
