@@ -28,7 +28,8 @@ class TensorBoardLogger(Callback):
     Writes on the learner: nothing. Publishes: `log_dir`, `writer` (the
     `SummaryWriter` during a fit, else `None`).
     order = 60: after AvgStats (-20) has the epoch's figures, before SaveModel (90)
-    saves this callback's state with the checkpoint.
+    saves this callback's state with the checkpoint. On the learner as
+    `learn.tensorboard_logger`.
 
     The x axis of every scalar is the number of training batches done (optimizer
     steps, without gradient accumulation). Per training batch: `batch/loss` and
@@ -52,6 +53,7 @@ class TensorBoardLogger(Callback):
     """
 
     order = 60
+    name = "tensorboard_logger"
 
     def __init__(self, log_dir: str | Path = "runs", hist_every: int | None = None,
                  hparams: dict[str, HParam] | None = None) -> None:  # fmt: skip

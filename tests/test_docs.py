@@ -41,3 +41,32 @@ def test_mkdocs_nav_names_only_existing_pages():
     nav = re.findall(r":\s*([\w-]+\.md)\s*$", (ROOT / "mkdocs.yml").read_text(), re.M)
     missing = [name for name in nav if not (ROOT / "docs" / name).exists()]
     assert not missing
+
+
+API_BLOCK = re.compile(r"^::: ([\w.]+)\n    options:\n      members:\n((?:        - \w+\n)+)", re.M)
+
+
+def test_api_pages_document_every_public_name_of_loopkit_and_its_callbacks():
+    import importlib
+
+    import loopkit
+    import loopkit.callbacks
+
+    documented: dict[str, object] = {}
+    pages = sorted((ROOT / "docs" / "api").rglob("*.md"))
+    for page in pages:
+        for module_name, members in API_BLOCK.findall(page.read_text()):
+            module = importlib.import_module(module_name)
+            for name in re.findall(r"- (\w+)", members):
+                assert name not in documented, f"{name} is documented twice"
+                documented[name] = getattr(module, name)
+    public = {name: getattr(package, name) for package in (loopkit, loopkit.callbacks) for name in package.__all__}
+    assert sorted(documented) == sorted(public)  # a new public name needs its entry on its module's page
+    assert all(documented[name] is public[name] for name in public)
+    nav = (ROOT / "mkdocs.yml").read_text()
+    assert all(f": {page.relative_to(ROOT / 'docs')}\n" in nav for page in pages)
+
+
+def test_the_site_links_no_placeholder_url():
+    config = (ROOT / "mkdocs.yml").read_text()
+    assert "example.invalid" not in config and "example.com" not in config

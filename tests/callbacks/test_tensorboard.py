@@ -87,6 +87,7 @@ def test_consecutive_fits_continue_one_run(tmp_path):
     learn = learner()
     logger = TensorBoardLogger(tmp_path)
     learn.add_cbs(logger)
+    assert learn.tensorboard_logger is logger
     learn.fit(1)
     learn.validate()  # an evaluation writes nothing
     learn.lr_find(num_it=5)  # nor does a sweep
