@@ -70,3 +70,15 @@ def test_api_pages_document_every_public_name_of_loopkit_and_its_callbacks():
 def test_the_site_links_no_placeholder_url():
     config = (ROOT / "mkdocs.yml").read_text()
     assert "example.invalid" not in config and "example.com" not in config
+
+
+def test_the_figures_the_pages_show_exist_and_are_made_by_the_figures_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_figures", ROOT / "docs" / "make_figures.py")
+    make_figures = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_figures)  # defines FIGURES; runs nothing
+    made = {name for _, _, files in make_figures.FIGURES for name in files.values()}
+    shown = {name for page in PAGES for name in re.findall(r"\]\(img/([\w.-]+\.png)\)", page.read_text())}
+    committed = {path.name for path in (ROOT / "docs" / "img").glob("*.png")}
+    assert shown <= committed == made  # every figure shown is committed, and the script redraws each
