@@ -324,3 +324,19 @@ def test_stateful_metrics_add_no_per_batch_sync(monkeypatch):
         counts[n_batches] = dict(counted)
     assert counts[10] == counts[40], counts  # what is read per phase does not grow with its batches
     assert counts[10]["tolist"] == 2 * 2  # the sums and the computed values in one read per phase
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_stateful_metrics_move_to_the_models_device_and_give_the_cpu_figures():
+    x, y = binary_data(50)
+    dls = (batches_of(x[:20], y[:20], [7, 13]), batches_of(x[20:], y[20:], [7, 7, 7, 9]))
+    figures = []
+    for device in ("cpu", "cuda"):
+        metrics = binary_metrics()
+        learn = Learner(logit_model(), dls, bce, lr=0.1, metrics=metrics, device=device)
+        learn.progress_bar.enabled = False
+        learn.fit(1)
+        assert all(m[1].device.type == device if isinstance(m, tuple) else m.device.type == device for m in metrics)
+        figures.append(learn.avg_stats.valid.metrics)
+    assert figures[1] == pytest.approx(figures[0], rel=1e-5)
