@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import math
 import numbers
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -343,7 +344,9 @@ class AvgStats(Callback):
                     probe = copy.deepcopy(metric)
                     probe.reset()
                     probe.update(learn.pred, *learn.yb)
-                    compute_metric(probe, name, sync=False)
+                    with warnings.catch_warnings():  # one batch's value is thrown away: so are its warnings
+                        warnings.simplefilter("ignore")
+                        compute_metric(probe, name, sync=False)
                 except Exception as err:
                     err.add_note(f"AvgStats tried metric {name!r} on the first batch (pred and yb of that batch).")
                     raise
