@@ -32,6 +32,7 @@ from .schedule import (
 from .stats import AvgStats, PhaseStats, WeightedSums, batch_size
 from .stopping import EarlyStopping, TerminateOnNaN
 from .summary import Summary, summary
+from .tensorboard import TensorBoardLogger
 from .training import TrainEval
 
 __all__ = [
@@ -66,6 +67,7 @@ __all__ = [
     "ShardBatchSampler",
     "ShortEpoch",
     "Summary",
+    "TensorBoardLogger",
     "TerminateOnNaN",
     "TopLosses",
     "TorchScheduler",

@@ -1,9 +1,17 @@
-"""Averaged loss and metrics per phase, weighted by batch size, synced once per phase."""
+"""Averaged loss and metrics per phase, weighted by batch size, synced once per phase.
+
+A metric is a function `f(pred, *yb) -> scalar tensor` (the batch mean, averaged
+weighted by batch size) or a stateful object with `update(pred, *yb)`, `compute()`
+and `reset()` (a `torchmetrics.Metric`), reset at each phase start and computed once
+at its end. Either may be given as a `(name, metric)` pair to choose its name.
+"""
 
 from __future__ import annotations
 
+import copy
 import math
 import numbers
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -13,8 +21,11 @@ from torch import distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from loopkit import Callback
+from loopkit.callback import snake_name
 
-Metric = Callable[..., Any]
+# A function f(pred, *yb) -> scalar tensor, an object with update/compute/reset, or a
+# (name, either of those) pair.
+Metric = Callable[..., Any] | Any
 
 
 def batch_size(items: Any) -> int:
@@ -99,6 +110,17 @@ class WeightedSums:
         return int(count), [s / count if count else math.nan for s in sums]
 
 
+def _detached(items: Any) -> Any:
+    """Return `items` with every tensor detached, through nested tuples, lists and dicts."""
+    if isinstance(items, torch.Tensor):
+        return items.detach()
+    if isinstance(items, dict):
+        return {key: _detached(value) for key, value in items.items()}
+    if isinstance(items, (tuple, list)):
+        return type(items)(_detached(item) for item in items)
+    return items
+
+
 def _sharded(learn: Any) -> bool:
     # Each rank saw its shard: under DDP in a fit, or with Distributed in an evaluation.
     if not dist.is_available() or not dist.is_initialized():
@@ -107,10 +129,91 @@ def _sharded(learn: Any) -> bool:
     return isinstance(learn.model, DistributedDataParallel) or (distributed is not None and distributed.sharding)
 
 
-def _metric_name(metric: Metric) -> str:
-    # functools.partial has no __name__: use the wrapped function's.
+def is_stateful(metric: Any) -> bool:
+    """Return True for a metric object with `update` (computed once per phase), False for a function."""
+    return callable(getattr(metric, "update", None))
+
+
+def metric_name(metric: Metric) -> str:
+    """Return the name `AvgStats` gives `metric` in its figures and history.
+
+    A `(name, metric)` pair gives its name; a stateful metric is named after its class
+    (`BinaryF1Score` -> `binary_f1_score`); a function by its `__name__` (for a
+    `functools.partial`, the wrapped function's).
+    """
+    if isinstance(metric, tuple) and len(metric) == 2 and isinstance(metric[0], str):
+        return metric[0]
+    if is_stateful(metric):
+        # a torchmetrics wrapper (LambdaInputTransformer...) is named after the metric it wraps
+        return snake_name(type(getattr(metric, "wrapped_metric", metric)).__name__)
     name = getattr(metric, "__name__", None) or getattr(getattr(metric, "func", None), "__name__", None)
-    return name or type(metric).__name__
+    return name or snake_name(type(metric).__name__)
+
+
+def _unpair(metric: Metric) -> Any:
+    if isinstance(metric, tuple) and len(metric) == 2 and isinstance(metric[0], str):
+        return metric[1]
+    return metric
+
+
+def _check_metric(metric: Any, name: str) -> None:
+    if is_stateful(metric):
+        missing = [m for m in ("compute", "reset") if not callable(getattr(metric, m, None))]
+        if missing:
+            raise TypeError(
+                f"metric {name!r} ({type(metric).__name__}) has update but no {' or '.join(missing)}; a stateful "
+                "metric needs update(pred, *yb), compute() -> scalar and reset(), as a torchmetrics.Metric has."
+            )
+    elif not callable(metric):
+        pair = " A named metric is a (name, metric) pair inside the list: metrics=[('f1', metric)]." if isinstance(metric, str) else ""
+        raise TypeError(
+            f"each metric must be a function f(pred, *yb) -> tensor or an object with update/compute/reset "
+            f"(a torchmetrics.Metric), got {metric!r}.{pair}"
+        )
+
+
+def _syncs_itself(metric: Any) -> bool:
+    # torchmetrics gathers its states over the process group in compute() unless told not to.
+    return getattr(metric, "sync_on_compute", False) is True and hasattr(metric, "distributed_available_fn")
+
+
+def _no_process_group() -> bool:
+    return False
+
+
+def compute_metric(metric: Any, name: str, sync: bool = True) -> torch.Tensor:
+    """Return `metric.compute()` as a one-element tensor; raise `ValueError` if it is not a scalar.
+
+    With `sync=False`, a torchmetrics metric computes on this process's state alone
+    (its gather over the process group is turned off for the call).
+    """
+    if not sync and _syncs_itself(metric):
+        # a wrapper's inner metrics gather in their own compute: turn it off in each
+        parts = [m for m in getattr(metric, "modules", lambda: [metric])() if hasattr(m, "distributed_available_fn")]
+        saved = [m.distributed_available_fn for m in parts]
+        for part in parts:
+            part.distributed_available_fn = _no_process_group
+        try:
+            value = metric.compute()
+        finally:
+            for part, fn in zip(parts, saved):
+                part.distributed_available_fn = fn
+    else:
+        value = metric.compute()
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(
+                f"metric {name!r} ({type(metric).__name__}) computes a tensor of shape {tuple(value.shape)}; "
+                "AvgStats reports one number per metric: choose an averaged form (e.g. average='macro'), "
+                "or give one metric per class."
+            )
+        return value.reshape(())
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(
+            f"metric {name!r} ({type(metric).__name__}) computes {value!r} ({type(value).__name__}); "
+            "AvgStats needs a scalar tensor or a number from compute()."
+        )
+    return torch.tensor(float(value))
 
 
 def check_values(values: Sequence[Any], names: Sequence[str] | None = None) -> None:
@@ -156,26 +259,37 @@ class AvgStats(Callback):
     order = -20: its `after_epoch` row is ready before progress bars and loggers read it.
 
     A metric is `f(pred, *yb) -> scalar tensor` (the mean over the batch), named by
-    its `__name__`. Metrics run on validation batches only unless `train_metrics`.
-    The loss is read at `after_loss`, before any callback rescales it for backward.
-    Sums stay on the device; each phase is read once, at its end. When the model is
-    wrapped in `DistributedDataParallel`, the sums are all-reduced once per phase, so
-    the figures are global per-sample means.
+    its `__name__`, or a stateful object with `update(pred, *yb)`, `compute()` and
+    `reset()` (a `torchmetrics.Metric`), named after its class (`BinaryF1Score` ->
+    `binary_f1_score`; a torchmetrics wrapper after the metric it wraps);
+    `(name, metric)` names either. A stateful metric is moved to
+    the model's device at `before_fit` (when it has `.device` and `.to`), reset at each
+    phase start, updated per batch and computed once at the phase end; at the fit's
+    first batch a copy of it is updated and computed, so a `compute` that does not give
+    a scalar fails before any training. Metrics run on validation batches only unless
+    `train_metrics`. The loss is read at `after_loss`, before any callback rescales it
+    for backward. Sums stay on the device; each phase is read once, at its end. When
+    each process holds a shard of the phase (DDP), the sums are all-reduced once per
+    phase and a torchmetrics metric gathers its states in `compute`, so the figures
+    are global; when every process sees all the data, that gather is turned off.
     """
 
     order = -20
 
     def __init__(self, metrics: Sequence[Metric] | None = None, train_metrics: bool = False) -> None:
         self.metrics = list(metrics or [])
-        for metric in self.metrics:
-            if not callable(metric):
-                raise TypeError(f"each metric must be a function f(pred, *yb) -> tensor, got {metric!r}.")
-        self.metric_names = [_metric_name(m) for m in self.metrics]
+        self.metric_names = [metric_name(m) for m in self.metrics]
+        for metric, name in zip(self.metrics, self.metric_names):
+            _check_metric(_unpair(metric), name)
         if len(set(self.metric_names)) != len(self.metric_names):
             raise ValueError(
                 f"metric names must be unique, got {self.metric_names}; give each function its own __name__ "
-                "(for a functools.partial, set its __name__ attribute)."
+                "(for a functools.partial, set its __name__ attribute), or name a metric with a (name, metric) pair."
             )
+        objects = [_unpair(m) for m in self.metrics]
+        # Functions are averaged by WeightedSums; stateful metrics keep their own state.
+        self._funcs = [(n, m) for n, m in zip(self.metric_names, objects) if not is_stateful(m)]
+        self._stateful = [(n, m) for n, m in zip(self.metric_names, objects) if is_stateful(m)]
         self.train_metrics = train_metrics
         self.train, self.valid, self.evaluation = PhaseStats(), PhaseStats(), PhaseStats()
         self.history: list[dict[str, float]] = []
@@ -187,10 +301,27 @@ class AvgStats(Callback):
         self._check_metrics = bool(self.metrics)
         if not self.learn.evaluating:
             self.history = []
+        if not self._stateful:
+            return
+        if _sharded(self.learn):
+            alone = [name for name, m in self._stateful if not _syncs_itself(m)]
+            if alone:
+                raise ValueError(
+                    f"metrics {alone} keep state but do not combine it across processes, so under distributed "
+                    "training each rank would report its own shard; use torchmetrics metrics (which gather their "
+                    "states in compute, sync_on_compute=True) or functions of the batch."
+                )
+        device = next((p.device for p in self.model.parameters()), None)
+        for _, metric in self._stateful:
+            if device is not None and getattr(metric, "device", device) != device and callable(getattr(metric, "to", None)):
+                metric.to(device)
 
     def _start(self, with_metrics: bool) -> None:
         self._with_metrics = with_metrics and bool(self.metrics)
-        self._sums = WeightedSums(1 + len(self.metrics) if self._with_metrics else 1)
+        self._sums = WeightedSums(1 + len(self._funcs) if self._with_metrics else 1)
+        if self._with_metrics:
+            for _, metric in self._stateful:
+                metric.reset()
 
     def before_epoch(self) -> None:
         # A phase that does not run this epoch (cancelled, or no valid loader) reports nan.
@@ -202,33 +333,69 @@ class AvgStats(Callback):
     def before_validate(self) -> None:
         self._start(True)
 
+    def _check_first_batch(self) -> None:
+        # The fit's first batch: try the metrics now, not after an epoch of training. A stateful
+        # metric is tried on a copy, so its own state is untouched.
+        learn = self.learn
+        with torch.no_grad():
+            check_values([m(learn.pred, *learn.yb) for _, m in self._funcs], [n for n, _ in self._funcs])
+            for name, metric in self._stateful:
+                try:
+                    probe = copy.deepcopy(metric)
+                    probe.reset()
+                    probe.update(learn.pred, *learn.yb)
+                    with warnings.catch_warnings():  # one batch's value is thrown away: so are its warnings
+                        warnings.simplefilter("ignore")
+                        compute_metric(probe, name, sync=False)
+                except Exception as err:
+                    err.add_note(f"AvgStats tried metric {name!r} on the first batch (pred and yb of that batch).")
+                    raise
+
     def after_loss(self) -> None:
         learn = self.learn  # direct reads: this runs on every batch
         if learn.loss is None:  # an evaluated batch without targets
             return
-        if self._check_metrics:  # the fit's first batch: try the metrics now, not after an epoch of training
+        if self._check_metrics:
             self._check_metrics = False
-            with torch.no_grad():
-                check_values([m(learn.pred, *learn.yb) for m in self.metrics], self.metric_names)
+            self._check_first_batch()
         yb = learn.yb
         first = yb[0] if yb else learn.xb[0]
         n = first.shape[0] if isinstance(first, torch.Tensor) and first.ndim else batch_size(yb or learn.xb)
-        if self._with_metrics:
-            pred = learn.pred
-            self._sums.add([learn.loss, *(m(pred, *yb) for m in self.metrics)], n)  # type: ignore[union-attr]  # set at before_<phase>
-        else:
-            self._sums.add((learn.loss,), n)  # type: ignore[union-attr]
+        if not self._with_metrics:
+            self._sums.add((learn.loss,), n)  # type: ignore[union-attr]  # set at before_<phase>
+            return
+        pred = learn.pred
+        self._sums.add([learn.loss, *(m(pred, *yb) for _, m in self._funcs)], n)  # type: ignore[union-attr]
+        if self._stateful:
+            if learn.training:  # a metric that keeps the predictions must not keep their graph alive
+                pred = _detached(pred)
+            with torch.no_grad():
+                for _, metric in self._stateful:
+                    metric.update(pred, *yb)
 
     def _finish(self) -> PhaseStats:
         sums, self._sums = self._sums, None
         if sums is None:
             return PhaseStats()
         totals = sums.totals()
-        if _sharded(self.learn):
+        sharded = _sharded(self.learn)
+        if sharded:
             dist.all_reduce(totals)
-        count, means = WeightedSums.means(totals)
-        names = self.metric_names if self._with_metrics else []
-        return PhaseStats(means[0], dict(zip(names, means[1:])), count)
+        if not self._with_metrics:
+            count, (loss,) = WeightedSums.means(totals)
+            return PhaseStats(loss, {}, count)
+        stateful = self._stateful if sums.count else []  # nothing to compute in a phase without batches
+        values = [compute_metric(m, name, sync=sharded) for name, m in stateful]
+        # One host sync for the phase: the sums and the computed values travel together.
+        n_totals = totals.numel()
+        if values:
+            totals = torch.cat([totals, torch.stack(values).to(totals.device, totals.dtype)])
+        row = totals.tolist()
+        count, weighted = int(row[0]), row[1:n_totals]
+        means = [value / count if count else math.nan for value in weighted]
+        figures = dict(zip([n for n, _ in self._funcs], means[1:]))
+        figures.update(zip([n for n, _ in stateful], row[n_totals:]))
+        return PhaseStats(means[0], {name: figures.get(name, math.nan) for name in self.metric_names}, count)
 
     def after_train(self) -> None:
         self.train = self._finish()

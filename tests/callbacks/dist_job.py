@@ -22,7 +22,7 @@ from loopkit import Callback, CancelFit, Learner
 from loopkit.callbacks import CSVLogger, EarlyStopping, SaveModel
 
 SIZES = {"equiv": (48, 16), "stats": (37, 23), "merge": (33, 5), "io": (40, 12), "stop": (40, 12), "error": (40, 12),
-         "accum": (37, 12), "twice": (40, 12), "eval": (37, 23), "stop_epoch": (40, 12)}  # fmt: skip
+         "accum": (37, 12), "twice": (40, 12), "eval": (37, 23), "stop_epoch": (40, 12), "metrics": (37, 23)}  # fmt: skip
 
 
 def data(mode: str) -> tuple[TensorDataset, TensorDataset]:
@@ -42,11 +42,32 @@ def accuracy(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (pred.argmax(1) == y).double().mean()
 
 
+def stateful_metrics() -> list:
+    """Return torchmetrics metrics for the "metrics" mode, and a sample counter that shows double counting."""
+    from torchmetrics import Metric
+    from torchmetrics.classification import MulticlassAUROC, MulticlassF1Score
+
+    class CountSamples(Metric):
+        def __init__(self) -> None:
+            super().__init__()
+            self.add_state("n", default=torch.tensor(0), dist_reduce_fx="sum")
+
+        def update(self, pred: torch.Tensor, y: torch.Tensor) -> None:
+            self.n += len(y)
+
+        def compute(self) -> torch.Tensor:
+            return self.n
+
+    return [accuracy, MulticlassF1Score(num_classes=2, average="macro", validate_args=False),
+            MulticlassAUROC(num_classes=2, validate_args=False), CountSamples()]  # fmt: skip
+
+
 def build(mode: str, bs: int, distributed: bool, cbs: list[Callback] | None = None, shuffle: bool = False) -> Learner:
     train, valid = data(mode)
     dls = (DataLoader(train, batch_size=bs, shuffle=shuffle, generator=torch.Generator().manual_seed(5)),
            DataLoader(valid, batch_size=bs))  # fmt: skip
-    learn = Learner(model(), dls, F.cross_entropy, lr=0.2, metrics=[accuracy], cbs=cbs, distributed=distributed)
+    metrics = stateful_metrics() if mode == "metrics" else [accuracy]
+    learn = Learner(model(), dls, F.cross_entropy, lr=0.2, metrics=metrics, cbs=cbs, distributed=distributed)
     learn.avg_stats.train_metrics = True
     learn.progress_bar.enabled = False
     return learn
@@ -113,6 +134,12 @@ def main(mode: str, out_dir: str) -> None:
     if mode in ("equiv", "stats", "merge"):
         learn = build(mode, bs=4, distributed=True)
         learn.fit(2)
+    elif mode == "metrics":  # torchmetrics gather their states; every sample counts once
+        learn = build(mode, bs=4, distributed=True)
+        learn.fit(2)
+        sharded = learn.validate()
+        everything = list(DataLoader(data(mode)[1], batch_size=5))  # not a DataLoader: each rank evaluates it all
+        result.update(sharded=sharded.metrics, whole=learn.validate(everything).metrics)
     elif mode == "accum":
         from loopkit.callbacks import GradientAccumulation
 

@@ -78,6 +78,24 @@ def test_global_stats_equal_the_single_process_figures_on_odd_sizes(tmp_path, mo
     assert_same_params(rank0["params"], [p.detach() for p in single.model.parameters()])
 
 
+def test_stateful_metrics_under_ddp_equal_the_single_process_figures_counting_each_sample_once(tmp_path):
+    pytest.importorskip("torchmetrics")
+    rank0, rank1 = launched("metrics", tmp_path)
+    single = build("metrics", bs=8, distributed=False)
+    single.fit(2)
+    for got, want in zip(rank0["history"], single.avg_stats.history):
+        assert got.keys() == want.keys()
+        assert got == pytest.approx(want, rel=1e-6)
+        assert (got["train_count_samples"], got["count_samples"]) == (37, 23)  # gathered once, not twice
+    assert rank1["history"] == rank0["history"]
+    # a sharded evaluation gathers; one where every rank sees all the data must not
+    want = single.validate().metrics
+    for rank in (rank0, rank1):
+        assert rank["sharded"] == pytest.approx(want, rel=1e-6)
+        assert rank["whole"] == pytest.approx(want, rel=1e-6)
+    assert rank0["whole"]["count_samples"] == 23
+
+
 def test_accumulation_under_ddp_matches_one_process_and_syncs_once_per_window(tmp_path):
     from loopkit.callbacks import GradientAccumulation
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from loopkit import CancelEpoch, CancelTrain, Learner
+from loopkit import Callback, CancelEpoch, CancelTrain, Learner
 from loopkit.callbacks import AvgStats, WeightedSums, batch_size
 from tests.conftest import Tracer, accuracy, batches_of, make_data, tiny_model
 
@@ -162,3 +162,181 @@ def test_state_dict_round_trip_restores_history_and_phase_figures():
     fresh.load_state_dict(state)
     assert fresh.history == learn.avg_stats.history
     assert (fresh.train, fresh.valid) == (learn.avg_stats.train, learn.avg_stats.valid)
+
+
+# -- stateful metrics (update/compute/reset, e.g. torchmetrics) --------------------------------
+
+
+def binary_data(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return `n` samples of a noisy binary problem that a linear model gets partly right."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, generator=gen)
+    y = (x[:, 0] + 0.8 * torch.randn(n, generator=gen) > 0).long()
+    return x, y
+
+
+def logit_model() -> torch.nn.Module:
+    """Return a seeded model with one logit per sample, as the binary metrics expect."""
+    torch.manual_seed(1)
+    return torch.nn.Sequential(torch.nn.Linear(3, 1), torch.nn.Flatten(0))
+
+
+def bce(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Return the binary cross-entropy of logits against integer targets."""
+    return F.binary_cross_entropy_with_logits(pred, y.float())
+
+
+def probabilities(metric):
+    """Wrap a binary torchmetrics metric to take logits: it guesses per batch otherwise."""
+    from torchmetrics.wrappers import LambdaInputTransformer
+
+    return LambdaInputTransformer(metric, transform_pred=torch.sigmoid)
+
+
+class KeepPreds:
+    """A stateful metric by hand: accuracy of logits over the phase, from the kept predictions."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.preds, self.targets = [], []
+
+    def update(self, pred, y):
+        self.preds.append(pred)
+        self.targets.append(y)
+
+    def compute(self):
+        return ((torch.cat(self.preds) > 0) == torch.cat(self.targets)).float().mean()
+
+
+def binary_metrics() -> list:
+    tm = pytest.importorskip("torchmetrics.classification")
+    return [probabilities(tm.BinaryF1Score()), probabilities(tm.BinaryAUROC()),
+            ("precision", probabilities(tm.BinaryPrecision()))]  # fmt: skip
+
+
+def sklearn_figures(pred: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    skm = pytest.importorskip("sklearn.metrics")
+    return {"binary_f1_score": skm.f1_score(y, pred > 0), "binary_auroc": skm.roc_auc_score(y, pred),
+            "precision": skm.precision_score(y, pred > 0)}  # fmt: skip
+
+
+N_VALID = 45
+
+
+@given(cuts=st.lists(st.integers(1, N_VALID - 1), unique=True, max_size=8).map(sorted))
+@example(cuts=list(range(7, N_VALID, 7)))  # the report: batches of 7, where batch means were off
+def test_stateful_metrics_equal_sklearn_on_the_whole_phase(cuts):
+    valid_sizes = [b - a for a, b in zip([0, *cuts], [*cuts, N_VALID])]
+    x, y = binary_data(16 + N_VALID)
+    dls = (batches_of(x[:16], y[:16], [8, 8]), batches_of(x[16:], y[16:], valid_sizes))
+    learn = Learner(logit_model(), dls, bce, lr=0.1, metrics=binary_metrics())
+    learn.progress_bar.enabled = False
+    learn.fit(1)
+    with torch.no_grad():
+        want = sklearn_figures(learn.model(x[16:]), y[16:])
+    got = learn.avg_stats.valid.metrics
+    assert got == pytest.approx(want, rel=1e-5)
+    assert {k: learn.avg_stats.history[-1][k] for k in want} == pytest.approx(want, rel=1e-5)
+    # an evaluation computes them over its loader the same way, whatever its batches
+    every = batches_of(x, y, [9] * (len(x) // 9) + [len(x) % 9])
+    with torch.no_grad():
+        want_all = sklearn_figures(learn.model(x), y)
+    assert learn.validate(every).metrics == pytest.approx(want_all, rel=1e-5)
+    assert learn.avg_stats.valid.metrics == got  # the fit's figures are left alone
+
+
+def test_batch_means_of_f1_are_not_the_phase_f1_which_is_why_metrics_keep_state():
+    skm = pytest.importorskip("sklearn.metrics")
+    x, y = binary_data(63, seed=3)
+    pred = x[:, 0] + 0.3
+    per_batch = [skm.f1_score(yb, pb > 0) for pb, yb in zip(pred.split(7), y.split(7))]
+    assert abs(sum(per_batch) / len(per_batch) - skm.f1_score(y, pred > 0)) > 1e-3
+
+
+def test_stateful_metrics_are_named_after_their_class_or_by_a_pair_and_train_with_train_metrics():
+    tm = pytest.importorskip("torchmetrics.classification")
+    x, y = binary_data(30)
+    dls = (batches_of(x[:20], y[:20], [6, 6, 8]), batches_of(x[20:], y[20:], [3, 7]))
+    stats = AvgStats([probabilities(tm.BinaryF1Score()), ("auc", tm.BinaryAUROC()),
+                      ("acc", lambda p, y: ((p > 0) == y).float().mean())], train_metrics=True)  # fmt: skip
+    learn = Learner(logit_model(), dls, bce, lr=0.0, default_cbs=False, cbs=[stats])
+    learn.fit(1)
+    assert stats.metric_names == ["binary_f1_score", "auc", "acc"]
+    assert list(stats.history[0]) == ["epoch", "train_loss", "train_binary_f1_score", "train_auc", "train_acc",
+                                      "valid_loss", "binary_f1_score", "auc", "acc"]  # fmt: skip
+    with torch.no_grad():  # lr=0: the training phase's figures are over its 20 samples with fixed weights
+        want = sklearn_figures(learn.model(x[:20]), y[:20])
+    assert stats.train.metrics["binary_f1_score"] == pytest.approx(want["binary_f1_score"], rel=1e-6)
+    assert stats.train.metrics["auc"] == pytest.approx(want["binary_auroc"], rel=1e-6)
+    # any object with the protocol works; it is updated under no_grad, so what it keeps of the
+    # training batches holds no graph (torchmetrics turns grad off itself, a plain object may not)
+    kept = KeepPreds()
+    learn = Learner(logit_model(), (dls[0], None), bce, default_cbs=False, cbs=[AvgStats([kept], train_metrics=True)])
+    learn.fit(1)
+    assert len(kept.preds) == 3 and not any(t.requires_grad for t in kept.preds)
+    assert 0 < learn.avg_stats.train.metrics["keep_preds"] < 1
+    with pytest.raises(ValueError, match="unique"):
+        AvgStats([tm.BinaryF1Score(), tm.BinaryF1Score()])
+
+
+def test_a_metric_object_without_compute_or_a_non_scalar_compute_fails_before_training():
+    tm = pytest.importorskip("torchmetrics.classification")
+
+    class NoCompute:
+        def update(self, pred, y): ...
+        def reset(self): ...
+
+    with pytest.raises(TypeError, match="'no_compute' .*has update but no compute"):
+        AvgStats([NoCompute()])
+    with pytest.raises(TypeError, match=r"metrics=\[\('f1', metric\)\]"):
+        AvgStats(("f1", tm.BinaryF1Score()))
+    x, y = make_data(24)
+    dls = (batches_of(x[:16], y[:16], [8, 8]), batches_of(x[16:], y[16:], [8]))
+    per_class = tm.MulticlassF1Score(num_classes=3, average=None)
+    learn = Learner(tiny_model(), dls, F.cross_entropy, lr=1.0, metrics=[per_class])
+    learn.progress_bar.enabled = False
+    before = [p.detach().clone() for p in learn.model.parameters()]
+    with pytest.raises(ValueError, match=r"'multiclass_f1_score' .*shape \(3,\).*average='macro'") as info:
+        learn.fit(1)
+    assert any("first batch" in note for note in info.value.__notes__)
+    assert all(torch.equal(a, b) for a, b in zip(before, learn.model.parameters()))  # no step was taken
+    assert per_class.update_count == 0  # the check used a copy
+
+
+def test_stateful_metrics_add_no_per_batch_sync(monkeypatch):
+    tm = pytest.importorskip("torchmetrics.classification")
+    # validate_args=False: torchmetrics' input checks read values on the host every batch.
+    metrics = [accuracy, tm.MulticlassF1Score(num_classes=3, validate_args=False),
+               tm.MulticlassPrecision(num_classes=3, validate_args=False)]  # fmt: skip
+    counts = {}
+    for n_batches in (10, 40):
+        x, y = make_data(4 * n_batches)
+        batches = batches_of(x, y, [4] * n_batches)
+        learn = Learner(tiny_model(), (batches, batches), F.cross_entropy, metrics=metrics)
+        learn.progress_bar.enabled = False
+        learn.avg_stats.train_metrics = True
+        learn.fit(1)  # warm-up outside the count
+        with monkeypatch.context() as patch:
+            counted = count_syncs(patch)
+            learn.fit(2)
+        counts[n_batches] = dict(counted)
+    assert counts[10] == counts[40], counts  # what is read per phase does not grow with its batches
+    assert counts[10]["tolist"] == 2 * 2  # the sums and the computed values in one read per phase
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_stateful_metrics_move_to_the_models_device_and_give_the_cpu_figures():
+    x, y = binary_data(50)
+    dls = (batches_of(x[:20], y[:20], [7, 13]), batches_of(x[20:], y[20:], [7, 7, 7, 9]))
+    figures = []
+    for device in ("cpu", "cuda"):
+        metrics = binary_metrics()
+        learn = Learner(logit_model(), dls, bce, lr=0.1, metrics=metrics, device=device)
+        learn.progress_bar.enabled = False
+        learn.fit(1)
+        assert all(m[1].device.type == device if isinstance(m, tuple) else m.device.type == device for m in metrics)
+        figures.append(learn.avg_stats.valid.metrics)
+    assert figures[1] == pytest.approx(figures[0], rel=1e-5)
