@@ -2,6 +2,7 @@
 
 from .accumulation import GradientAccumulation
 from .checkpoint import SaveModel
+from .compile import Compile
 from .csvlog import CSVLogger
 from .device import Device, pick_device, to_device
 from .distributed import Distributed, ShardBatchSampler
@@ -34,6 +35,7 @@ __all__ = [
     "Annealer",
     "AvgStats",
     "CSVLogger",
+    "Compile",
     "Device",
     "Distributed",
     "EarlyStopping",
