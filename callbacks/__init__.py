@@ -3,6 +3,7 @@
 from .accumulation import GradientAccumulation
 from .activations import ActivationStats, activation_row
 from .checkpoint import SaveModel
+from .compile import Compile
 from .csvlog import CSVLogger
 from .debug import FirstBatches, OverfitBatches, ShortEpoch
 from .device import Device, pick_device, to_device
@@ -42,6 +43,7 @@ __all__ = [
     "AvgStats",
     "CSVLogger",
     "ClassificationInterpretation",
+    "Compile",
     "Device",
     "Distributed",
     "EarlyStopping",

@@ -12,6 +12,8 @@ starting at `r`. Every sample is seen exactly once per epoch — no padding
 duplicates — and all ranks yield the same number of training batches, so no
 collective waits for a rank that ran out. A last global batch smaller than the
 world size is merged into the one before it. Validation is sharded the same way.
+Torch `DataLoader`s (map-style dataset, a batch size) and `TensorLoader`s are
+sharded; a sharded `TensorLoader` still indexes its tensors in place, on their device.
 
 Exact gradients. When a global batch does not split evenly, a rank's loss is
 scaled by `world_size * n_local / n_global` before backward, so DDP's average
@@ -32,7 +34,7 @@ from torch import distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, IterableDataset, RandomSampler, SequentialSampler
 
-from loopkit import Callback, CancelFit
+from loopkit import Callback, CancelFit, TensorLoader
 
 from .stats import batch_size
 
@@ -91,12 +93,40 @@ class ShardBatchSampler:
         return len(self.global_batches())
 
 
-def shard_loader(dl: Any, world_size: int, rank: int, seed: int | None, role: str) -> DataLoader:
-    """Return a DataLoader over this rank's shard of `dl`'s dataset, with `dl`'s other settings."""
+class _ShardedTensorLoader:
+    """Yield this rank's batches of a `TensorLoader`, the indices chosen by a `ShardBatchSampler`."""
+
+    def __init__(self, dl: TensorLoader, batch_sampler: ShardBatchSampler) -> None:
+        self.dl, self.batch_sampler = dl, batch_sampler
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler)
+
+    def __iter__(self) -> Iterator[Any]:
+        batches = list(self.batch_sampler)
+        # One index tensor per epoch, moved to the data's device once, then split into the batches.
+        index = torch.tensor([i for batch in batches for i in batch], device=self.dl.device)
+        for part in index.split([len(batch) for batch in batches]):
+            yield self.dl.take(part)
+
+
+def shard_loader(dl: Any, world_size: int, rank: int, seed: int | None, role: str) -> Any:
+    """Return a loader over this rank's shard of `dl`'s samples, with `dl`'s other settings.
+
+    `dl` is a torch `DataLoader` (the result is one too) or a `TensorLoader`; the shuffle
+    seed defaults to the seed of `dl`'s generator.
+    """
+    if isinstance(dl, TensorLoader):
+        if seed is None:
+            seed = dl.generator.initial_seed() if dl.generator is not None else 0
+        sampler = ShardBatchSampler(dl.n_samples, dl.bs, world_size, rank, shuffle=dl.shuffle, seed=seed,
+                                    drop_last=dl.drop_last)  # fmt: skip
+        return _ShardedTensorLoader(dl, sampler)
     if not isinstance(dl, DataLoader) or dl.batch_size is None or isinstance(dl.dataset, IterableDataset):
         raise TypeError(
-            f"Distributed shards torch DataLoaders built from a map-style dataset with a batch_size; the {role} "
-            f"loader is a {type(dl).__name__}. Build it with DataLoader(dataset, batch_size=..., shuffle=...)."
+            f"Distributed shards TensorLoaders and torch DataLoaders built from a map-style dataset with a "
+            f"batch_size; the {role} loader is a {type(dl).__name__}. Build it with TensorLoader((x, y), bs=...) "
+            "or DataLoader(dataset, batch_size=..., shuffle=...)."
         )
     if not isinstance(dl.sampler, (RandomSampler, SequentialSampler)):
         raise TypeError(
@@ -123,7 +153,7 @@ class Distributed(Callback):
     (rescaled before backward when a global batch splits unevenly).
     Publishes: `rank`, `world_size`, `device`, `created_group`, `sharding` (whether
     this rank holds a shard of the phase loaders: always in a fit; in an evaluation
-    when the evaluated loader is a DataLoader), and `global_sizes`
+    when the evaluated loader is a DataLoader or a TensorLoader), and `global_sizes`
     (set at `before_train`: the number of samples, over all ranks, in each global
     training batch of the epoch — `GradientAccumulation` counts its windows in these).
     order = -30: after `Device` (-90) placed the model and before `AvgStats` (-20)
@@ -199,8 +229,8 @@ class Distributed(Callback):
         learn = self.learn
         self._loaders = (learn.train_dl, learn.valid_dl)
         # An evaluation reads valid_dl (the evaluated loader) alone, and shards it only if it is a
-        # DataLoader: `predict`'s single batch, or a list of batches, is each rank's own.
-        self.sharding = not learn.evaluating or isinstance(learn.valid_dl, DataLoader)
+        # DataLoader or TensorLoader: `predict`'s single batch, or a list of batches, is each rank's own.
+        self.sharding = not learn.evaluating or isinstance(learn.valid_dl, (DataLoader, TensorLoader))
         if not learn.evaluating:
             learn.train_dl = shard_loader(learn.train_dl, self.world_size, self.rank, self.seed, "train")
         if learn.valid_dl is not None and self.sharding:

@@ -1,7 +1,7 @@
 """loopkit: a small, hackable, callback-driven training loop for PyTorch."""
 
 from .callback import Callback
-from .data import DataLoaders, ImageData, digits, image_folder, mnist_idx
+from .data import DataLoaders, ImageData, TensorLoader, digits, image_folder, mnist_idx
 from .events import (
     EVENTS,
     CancelBackward,
@@ -32,6 +32,7 @@ __all__ = [
     "DataLoaders",
     "ImageData",
     "Learner",
+    "TensorLoader",
     "digits",
     "image_folder",
     "mnist_idx",

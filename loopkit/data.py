@@ -1,17 +1,17 @@
-"""Image data for `Learner`: the embedded digits, MNIST IDX files, PNG class folders, `DataLoaders`.
+"""Data for `Learner`: the embedded digits, MNIST IDX files, PNG class folders, `TensorLoader`, `DataLoaders`.
 
 `digits`, `mnist_idx` and `image_folder` each return an `ImageData`: float images
 shaped (N, 1, H, W) and int64 labels for a train and a valid split. By default every
 pixel is normalised with the mean and std of the training split only, so nothing
 about the validation images leaks into training. `DataLoaders.from_tensors` turns
-the splits into torch `DataLoader`s that `Learner` takes as `dls`.
+the splits into `TensorLoader`s (or torch `DataLoader`s) that `Learner` takes as `dls`.
 """
 
 from __future__ import annotations
 
 import gzip
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -227,19 +227,122 @@ def _folder(path: str | Path, func: str, expected: str) -> Path:
     return folder
 
 
-class DataLoaders:
-    """A training and a validation `DataLoader` (`.train`, `.valid`): what `Learner` takes as `dls`.
+class TensorLoader:
+    """Yield batches of in-memory tensors by indexing them with slices of each epoch's order.
 
-    `valid` may be `None` (no validation phase).
+    `tensors` is one tensor (each batch is then a tensor) or a tuple or list of tensors
+    with one row per sample (each batch is a tuple of matching rows, such as `(xb, yb)`).
+    A batch is every tensor indexed with the next `bs` positions of the epoch's order, in
+    one indexing call per tensor: no per-sample `__getitem__`, no collate. The tensors
+    stay where they are, so a dataset on a GPU yields batches on that GPU, made there.
+
+    With `shuffle`, each epoch's order is `torch.randperm(n_samples, generator=generator)`,
+    drawn when the epoch's iteration starts (on the CPU; the one index tensor is moved to
+    the data's device per epoch). `generator` is this loader's own `torch.Generator`,
+    seeded with `seed`: the same seed gives the same batches whatever else draws random
+    numbers, and checkpoints save its state, so a resumed fit shuffles as the straight one
+    would have. Without `shuffle` the order is `0, 1, ...`, each batch is a view (a slice)
+    of the tensors, and `generator` is `None`. `drop_last` drops a last batch smaller than
+    `bs`. `pin_memory` copies each batch of CPU tensors into page-locked memory, so that
+    `Device` copies it to CUDA without blocking.
+
+    Raises `TypeError` when `tensors` is not a tensor or a tuple or list of them, and
+    `ValueError` for tensors of different lengths or on different devices, a tensor with
+    no samples (empty or 0-dimensional), or a `bs` that is not an int >= 1.
     """
 
-    def __init__(self, train: DataLoader, valid: DataLoader | None) -> None:
+    def __init__(self, tensors: torch.Tensor | Sequence[torch.Tensor], bs: int = 64, shuffle: bool = False,
+                 drop_last: bool = False, seed: int = 0, pin_memory: bool = False) -> None:  # fmt: skip
+        self._single = isinstance(tensors, torch.Tensor)
+        items = (tensors,) if self._single else tuple(tensors) if isinstance(tensors, (tuple, list)) else ()
+        if not items or not all(isinstance(t, torch.Tensor) for t in items):
+            got = type(tensors).__name__ if not isinstance(tensors, (tuple, list)) else [type(t).__name__ for t in tensors]
+            raise TypeError(
+                f"TensorLoader takes a tensor or a tuple of tensors with one row per sample, such as (x, y); got {got}."
+            )
+        for i, t in enumerate(items):
+            if t.ndim == 0 or len(t) == 0:
+                raise ValueError(
+                    f"TensorLoader: tensor {i} holds no samples (shape {tuple(t.shape)}); every tensor needs one row "
+                    "per sample along its first dimension, and at least one sample."
+                )
+        lengths = [len(t) for t in items]
+        if len(set(lengths)) != 1:
+            raise ValueError(
+                f"TensorLoader: the tensors must have one length (one row per sample), got lengths {lengths}; "
+                "pass inputs and targets of the same samples."
+            )
+        devices = [str(t.device) for t in items]
+        if len(set(devices)) != 1:
+            raise ValueError(
+                f"TensorLoader: the tensors must be on one device, got {devices}; move them together, "
+                "e.g. (x.to(device), y.to(device))."
+            )
+        if not isinstance(bs, int) or isinstance(bs, bool) or bs < 1:
+            raise ValueError(f"TensorLoader: bs is a number of samples per batch, an int >= 1; got {bs!r}.")
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise TypeError(f"TensorLoader: seed must be an int, got {seed!r}.")
+        self.tensors: tuple[torch.Tensor, ...] = items
+        self.n_samples, self.bs, self.shuffle, self.drop_last = lengths[0], bs, bool(shuffle), bool(drop_last)
+        self.device = items[0].device
+        self.pin_memory = bool(pin_memory) and self.device.type == "cpu"
+        self.generator: torch.Generator | None = torch.Generator().manual_seed(seed) if shuffle else None
+
+    def __len__(self) -> int:
+        """Return the number of batches per epoch."""
+        return self.n_samples // self.bs if self.drop_last else -(-self.n_samples // self.bs)
+
+    def take(self, index: torch.Tensor | slice) -> Any:
+        """Return the batch of the samples at `index`: a slice, or an int64 tensor on the data's device."""
+        if isinstance(index, slice):
+            parts = [t[index] for t in self.tensors]
+        else:  # index_select: about twice as fast as t[index] on the CPU for rows of hundreds of floats
+            parts = [t.index_select(0, index) for t in self.tensors]
+        if self.pin_memory:
+            parts = [part.pin_memory() for part in parts]
+        return parts[0] if self._single else tuple(parts)
+
+    def __iter__(self) -> Iterator[Any]:
+        """Yield this epoch's batches; with `shuffle`, draw the epoch's order from `generator` first."""
+        bs = self.bs
+        stop = len(self) * bs if self.drop_last else self.n_samples
+        if self.generator is None:
+            for start in range(0, stop, bs):
+                yield self.take(slice(start, start + bs))
+            return
+        order = torch.randperm(self.n_samples, generator=self.generator)
+        if stop == 0:  # drop_last with fewer samples than bs: split would yield one empty index
+            return
+        for index in order[:stop].to(self.device).split(bs):
+            yield self.take(index)
+
+    def __repr__(self) -> str:
+        return (f"TensorLoader({self.n_samples} samples, bs={self.bs}, shuffle={self.shuffle}, "
+                f"drop_last={self.drop_last}, device={str(self.device)!r})")  # fmt: skip
+
+
+Loader = DataLoader | TensorLoader
+
+
+def _check_bs(bs: Any, valid_bs: Any) -> None:
+    for name, value in (("bs", bs), ("valid_bs", valid_bs if valid_bs is not None else 1)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"DataLoaders: {name} is a number of samples per batch, an int >= 1; got {value!r}.")
+
+
+class DataLoaders:
+    """A training and a validation loader (`.train`, `.valid`): what `Learner` takes as `dls`.
+
+    Each is a `TensorLoader` or a torch `DataLoader`; `valid` may be `None` (no validation phase).
+    """
+
+    def __init__(self, train: Loader, valid: Loader | None) -> None:
         self.train, self.valid = train, valid
 
     @classmethod
     def from_datasets(cls, train_ds: Dataset, valid_ds: Dataset | None, bs: int = 64, valid_bs: int | None = None,
                       seed: int = 0, pin_memory: bool | None = None, **kwargs: Any) -> DataLoaders:  # fmt: skip
-        """Return loaders over two map-style datasets.
+        """Return torch `DataLoader`s over two map-style datasets.
 
         `train` shuffles with its own generator seeded by `seed`, so the same seed gives
         the same batches whatever else draws random numbers (and checkpoints save its
@@ -248,9 +351,7 @@ class DataLoaders:
         available, so the `Device` callback's copies can be non-blocking. Other keyword
         arguments (`num_workers`, `drop_last`...) go to both `DataLoader`s.
         """
-        for name, value in (("bs", bs), ("valid_bs", valid_bs if valid_bs is not None else 1)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"DataLoaders: {name} is a number of samples per batch, an int >= 1; got {value!r}.")
+        _check_bs(bs, valid_bs)
         pin = torch.cuda.is_available() if pin_memory is None else pin_memory
         generator = torch.Generator().manual_seed(seed)
         train = DataLoader(train_ds, batch_size=bs, shuffle=True, generator=generator, pin_memory=pin, **kwargs)
@@ -260,28 +361,55 @@ class DataLoaders:
         return cls(train, valid)
 
     @classmethod
-    def from_tensors(cls, train: Sequence[torch.Tensor | np.ndarray], valid: Sequence[torch.Tensor | np.ndarray] | None,
-                     **kwargs: Any) -> DataLoaders:
+    def from_tensors(cls, train: Sequence[torch.Tensor | np.ndarray], valid: Sequence[torch.Tensor | np.ndarray] | None, bs: int = 64, valid_bs: int | None = None,
+                     seed: int = 0, pin_memory: bool | None = None, tensor_loader: bool = True,
+                     **kwargs: Any) -> DataLoaders:  # fmt: skip
         """Return loaders over `train` and `valid`, each a tuple of tensors such as `(x, y)`.
 
-        A batch is a tuple of matching slices of the tensors. NumPy arrays are taken
-        too, converted with `torch.as_tensor` (no copy; the dtype is kept, so a
-        float64 array gives float64 batches). Keyword arguments are those of
-        `from_datasets`. Raises `TypeError` if a split is a bare tensor or array
-        rather than a tuple of them, or holds something else, and `ValueError` if
-        the tensors of a split differ in length.
+        A batch is a tuple of matching rows of the tensors. By default both are
+        `TensorLoader`s, which index the tensors in place (on whatever device they are):
+        `train` shuffles with its own generator seeded by `seed`, `valid` keeps its order
+        in batches of `valid_bs` (default `2 * bs`), `pin_memory` defaults to whether
+        CUDA is available, and `drop_last` is the only other keyword they take.
+        `tensor_loader=False` gives torch `DataLoader`s over `TensorDataset`s instead,
+        with the keyword arguments of `from_datasets` (`num_workers`, `collate_fn`...).
+        NumPy arrays are taken too, converted with `torch.as_tensor` (no copy; the
+        dtype is kept, so a float64 array gives float64 batches). Raises `ValueError`
+        if the tensors of a split differ in length, and `TypeError` if a split is a
+        bare tensor or array rather than a tuple of them, or for a `DataLoader`
+        keyword given to `TensorLoader`s.
         """
-        datasets = []
-        for name, split in (("train", train), ("valid", valid)):
-            tensors = None if split is None and name == "valid" else _split_tensors(name, split)
+        _check_bs(bs, valid_bs)
+        train = _split_tensors("train", train)  # type: ignore[assignment]  # a list of tensors now
+        valid = None if valid is None else _split_tensors("valid", valid)  # type: ignore[assignment]
+        for name, tensors in (("train", train), ("valid", valid)):
             if tensors is not None and len({len(t) for t in tensors}) != 1:
                 raise ValueError(
                     f"DataLoaders.from_tensors: the {name} tensors must have one length (one row per sample), "
                     f"got lengths {[len(t) for t in tensors]}; pass inputs and targets of the same samples."
                 )
-            datasets.append(None if tensors is None else TensorDataset(*tensors))
-        return cls.from_datasets(datasets[0], datasets[1], **kwargs)  # type: ignore[arg-type]  # train is never None
+        if not tensor_loader:
+            datasets = [None if tensors is None else TensorDataset(*tensors) for tensors in (train, valid)]
+            return cls.from_datasets(datasets[0], datasets[1], bs, valid_bs, seed, pin_memory, **kwargs)  # type: ignore[arg-type]  # train is never None
+        unknown = sorted(set(kwargs) - {"drop_last"})
+        if unknown:
+            raise TypeError(
+                f"DataLoaders.from_tensors: {unknown} are torch DataLoader settings, and these loaders are "
+                "TensorLoaders, which index the tensors in the main process; pass tensor_loader=False to get "
+                "DataLoaders that take them."
+            )
+        drop_last = bool(kwargs.get("drop_last", False))
+        pin = torch.cuda.is_available() if pin_memory is None else pin_memory
+        train_dl = TensorLoader(tuple(train), bs, shuffle=True, drop_last=drop_last, seed=seed, pin_memory=pin)
+        valid_dl = None
+        if valid is not None:
+            valid_dl = TensorLoader(tuple(valid), valid_bs or 2 * bs, drop_last=drop_last, pin_memory=pin)
+        return cls(train_dl, valid_dl)
 
     def __repr__(self) -> str:
-        sizes = [None if dl is None else len(dl.dataset) for dl in (self.train, self.valid)]  # type: ignore[arg-type]
+        sizes = [None if dl is None else _n_samples(dl) for dl in (self.train, self.valid)]
         return f"DataLoaders(train={sizes[0]} samples, valid={sizes[1]} samples)"
+
+
+def _n_samples(dl: Loader) -> int:
+    return dl.n_samples if isinstance(dl, TensorLoader) else len(dl.dataset)  # type: ignore[arg-type]

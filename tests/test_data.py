@@ -1,4 +1,4 @@
-"""The data helpers: embedded digits, MNIST IDX files, PNG class folders, DataLoaders.
+"""The data helpers: embedded digits, MNIST IDX files, PNG class folders, TensorLoader, DataLoaders.
 
 The IDX files and PNG folders are tiny fixtures written here, into tmp_path.
 """
@@ -12,9 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import example, given
+from hypothesis import strategies as st
 from PIL import Image
 
-from loopkit import DataLoaders, Learner, digits, image_folder, mnist_idx
+from loopkit import DataLoaders, Learner, TensorLoader, digits, image_folder, mnist_idx
+from tests.conftest import make_data, tiny_model
 
 IDX_NAMES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
 
@@ -329,3 +332,162 @@ def test_dataloaders_bad_input():
         DataLoaders.from_tensors(samples(), None, valid_bs=2.5)
     with pytest.raises(ValueError, match=r"the valid tensors must have one length .* got lengths \[50, 49\]"):
         DataLoaders.from_tensors(samples(), (torch.zeros(50), torch.zeros(49)))
+
+
+# -- TensorLoader ---------------------------------------------------------------------------------
+
+
+def seen(dl) -> list[int]:
+    """Return the sample ids a loader over `samples()` yields in one epoch, in order."""
+    return torch.cat([xb.squeeze(1) for xb, _ in dl]).long().tolist()
+
+
+@given(n=st.integers(1, 40), bs=st.integers(1, 12), drop_last=st.booleans(), seed=st.integers(0, 2**31))
+@example(n=1, bs=2, drop_last=True, seed=0)  # fewer samples than bs with drop_last: no batch, not an empty one
+def test_tensor_loader_follows_its_seeded_permutation_and_sees_every_sample_once(n, bs, drop_last, seed):
+    dl = TensorLoader(samples(n), bs=bs, shuffle=True, drop_last=drop_last, seed=seed)
+    reference = torch.Generator().manual_seed(seed)
+    n_kept = n - n % bs if drop_last else n
+    assert len(dl) == (n // bs if drop_last else -(-n // bs))
+    for _ in range(3):  # each epoch draws the next permutation from the loader's own generator
+        order = torch.randperm(n, generator=reference)[:n_kept].tolist()
+        batches = list(dl)
+        assert len(batches) == len(dl)
+        assert [len(yb) for _, yb in batches] == [min(bs, n_kept - start) for start in range(0, n_kept, bs)]
+        assert (seen(batches) if batches else []) == order
+        assert all(torch.equal(yb, xb.squeeze(1).long() % 3) for xb, yb in batches)  # rows stay paired
+        if not drop_last:
+            assert sorted(order) == list(range(n))
+
+
+def test_tensor_loader_in_order_yields_views_and_a_single_tensor_yields_tensors():
+    x, y = samples(10)
+    dl = TensorLoader((x, y), bs=4)
+    assert dl.generator is None and seen(dl) == list(range(10)) == seen(dl)
+    first_x, first_y = next(iter(dl))
+    assert first_x.data_ptr() == x.data_ptr() and first_y.data_ptr() == y.data_ptr()  # a slice, no copy
+    alone = TensorLoader(x, bs=4, shuffle=True)
+    assert all(isinstance(b, torch.Tensor) for b in alone) and [len(b) for b in alone] == [4, 4, 2]
+    assert isinstance(next(iter(TensorLoader([x, y]))), tuple)
+
+
+def test_the_global_rng_does_not_change_the_shuffle():
+    torch.manual_seed(1)
+    first = seen(TensorLoader(samples(30), bs=8, shuffle=True, seed=5))
+    torch.manual_seed(2)
+    assert seen(TensorLoader(samples(30), bs=8, shuffle=True, seed=5)) == first
+    assert seen(TensorLoader(samples(30), bs=8, shuffle=True, seed=6)) != first
+
+
+def test_tensor_loader_bad_input():
+    x, y = samples(10)
+    with pytest.raises(ValueError, match=r"one length .* got lengths \[10, 9\]"):
+        TensorLoader((x, y[:9]))
+    with pytest.raises(ValueError, match=r"tensor 1 holds no samples \(shape \(0,\)\)"):
+        TensorLoader((x, y[:0]))
+    with pytest.raises(ValueError, match=r"tensor 0 holds no samples \(shape \(\)\)"):
+        TensorLoader(torch.tensor(3.0))
+    for bs in (0, -1, 2.0, True):
+        with pytest.raises(ValueError, match=f"bs is a number of samples per batch, an int >= 1; got {bs!r}"):
+            TensorLoader((x, y), bs=bs)
+    with pytest.raises(TypeError, match=r"a tensor or a tuple of tensors .* got \['Tensor', 'list'\]"):
+        TensorLoader((x, [0] * 10))
+    with pytest.raises(TypeError, match="got ndarray"):
+        TensorLoader(x.numpy())
+    with pytest.raises(TypeError, match=r"got \[\]"):
+        TensorLoader(())
+    with pytest.raises(ValueError, match=r"on one device, got \['cpu', 'meta'\]"):
+        TensorLoader((x, y.to("meta")))
+
+
+def raw_fit(x, y, n_epochs, bs, seed, lr=0.5):
+    """Train the tiny model with a hand-written loop over the seeded permutations; return its parameters."""
+    model = tiny_model()
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(n_epochs):
+        for index in torch.randperm(len(x), generator=gen).split(bs):
+            F.cross_entropy(model(x[index]), y[index]).backward()
+            opt.step()
+            opt.zero_grad()
+    return list(model.parameters())
+
+
+def test_a_fit_over_a_tensor_loader_equals_the_raw_loop_on_the_same_permutations():
+    x, y = make_data(37)
+    learn = Learner(tiny_model(), (TensorLoader((x, y), bs=8, shuffle=True, seed=4), None), F.cross_entropy, lr=0.5)
+    learn.progress_bar.enabled = False
+    learn.fit(3)
+    for got, want in zip(learn.model.parameters(), raw_fit(x, y, 3, 8, seed=4)):
+        assert torch.equal(got, want)
+    assert learn.avg_stats.train.count == 37
+
+
+def test_get_preds_over_a_tensor_loader_returns_samples_in_loader_order():
+    x, y = make_data(21)
+    learn = Learner(tiny_model(), (TensorLoader((x, y), bs=4), TensorLoader((x, y), bs=5)), F.cross_entropy)
+    inp, pred, targ = learn.get_preds(with_input=True)
+    assert torch.equal(inp, x) and torch.equal(targ, y)
+    torch.testing.assert_close(pred, learn.model(x).detach())
+    shuffled = TensorLoader((x, y), bs=4, shuffle=True, seed=9)
+    order = torch.randperm(21, generator=torch.Generator().manual_seed(9))
+    inp, _, targ = learn.get_preds(shuffled, with_input=True)  # this evaluation's epoch of the loader
+    assert torch.equal(inp, x[order]) and torch.equal(targ, y[order])
+
+
+def test_lr_find_and_checkpoints_keep_the_tensor_loaders_generator(tmp_path):
+    from loopkit.callbacks.checkpoint import rng_state  # tests reach this helper to see what a checkpoint holds
+
+    x, y = make_data(40)
+    dl = TensorLoader((x, y), bs=8, shuffle=True, seed=2)
+    learn = Learner(tiny_model(), (dl, TensorLoader((x, y), bs=16)), F.cross_entropy)
+    learn.progress_bar.enabled = False
+    before = dl.generator.get_state()
+    learn.lr_find(num_it=12)  # shuffles 3 epochs, then puts the generator back
+    assert torch.equal(dl.generator.get_state(), before)
+    assert [torch.equal(s, before) for s in rng_state(learn)["loaders"]] == [True]
+    learn.save(tmp_path / "ckpt.pt")
+    expected = seen(dl)
+    dl.generator.manual_seed(123)
+    learn.load(tmp_path / "ckpt.pt")
+    assert seen(dl) == expected
+
+
+def test_gradient_accumulation_over_a_tensor_loader_equals_the_bigger_batch():
+    from loopkit.callbacks import GradientAccumulation
+
+    x, y = make_data(23)
+    params = []
+    for bs, cbs in ((5, [GradientAccumulation(10)]), (10, [])):
+        learn = Learner(tiny_model(), (TensorLoader((x, y), bs=bs, shuffle=True), None), F.cross_entropy, lr=0.5, cbs=cbs)
+        learn.progress_bar.enabled = False
+        learn.fit(2)  # micro-batches 5, 5 | 5, 5 | 3: windows of 10, 10 and 3, as batches of 10, 10, 3
+        params.append(list(learn.model.parameters()))
+    for got, want in zip(*params):
+        torch.testing.assert_close(got, want)
+
+
+def test_from_tensors_gives_tensor_loaders_unless_asked_for_dataloaders():
+    from torch.utils.data import DataLoader
+
+    dls = DataLoaders.from_tensors(samples(50), samples(30), bs=8, seed=3, drop_last=True)
+    assert isinstance(dls.train, TensorLoader) and isinstance(dls.valid, TensorLoader)
+    assert (dls.train.shuffle, dls.valid.shuffle, len(dls.train), len(dls.valid)) == (True, False, 6, 1)
+    assert seen(dls.train) == torch.randperm(50, generator=torch.Generator().manual_seed(3))[:48].tolist()
+    assert repr(dls) == "DataLoaders(train=50 samples, valid=30 samples)"
+    torch_dls = DataLoaders.from_tensors(samples(50), samples(30), bs=8, tensor_loader=False, num_workers=0)
+    assert isinstance(torch_dls.train, DataLoader) and isinstance(torch_dls.valid, DataLoader)
+    with pytest.raises(TypeError, match=r"\['num_workers'\] are torch DataLoader settings.* tensor_loader=False"):
+        DataLoaders.from_tensors(samples(50), None, num_workers=2)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_dataset_on_the_gpu_yields_gpu_batches():
+    x, y = (t.cuda() for t in make_data(40))
+    learn = Learner(tiny_model().cuda(), (TensorLoader((x, y), bs=8, shuffle=True), TensorLoader((x, y), bs=16)),
+                    F.cross_entropy)  # fmt: skip
+    assert all(xb.is_cuda and yb.is_cuda for xb, yb in learn.train_dl)
+    learn.progress_bar.enabled = False
+    learn.fit(1)
+    assert learn.avg_stats.valid.count == 40

@@ -18,11 +18,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from loopkit import Callback, CancelFit, Learner
+from loopkit import Callback, CancelFit, Learner, TensorLoader
 from loopkit.callbacks import CSVLogger, EarlyStopping, SaveModel
+from loopkit.callbacks.distributed import shard_loader
 
 SIZES = {"equiv": (48, 16), "stats": (37, 23), "merge": (33, 5), "io": (40, 12), "stop": (40, 12), "error": (40, 12),
-         "accum": (37, 12), "twice": (40, 12), "eval": (37, 23), "stop_epoch": (40, 12), "metrics": (37, 23)}  # fmt: skip
+         "accum": (37, 12), "twice": (40, 12), "eval": (37, 23), "stop_epoch": (40, 12), "metrics": (37, 23),
+         "tensor": (37, 23)}  # fmt: skip
 
 
 def data(mode: str) -> tuple[TensorDataset, TensorDataset]:
@@ -62,10 +64,15 @@ def stateful_metrics() -> list:
             MulticlassAUROC(num_classes=2, validate_args=False), CountSamples()]  # fmt: skip
 
 
-def build(mode: str, bs: int, distributed: bool, cbs: list[Callback] | None = None, shuffle: bool = False) -> Learner:
+def build(mode: str, bs: int, distributed: bool, cbs: list[Callback] | None = None, shuffle: bool = False,
+          tensor_loader: bool = False) -> Learner:  # fmt: skip
     train, valid = data(mode)
-    dls = (DataLoader(train, batch_size=bs, shuffle=shuffle, generator=torch.Generator().manual_seed(5)),
-           DataLoader(valid, batch_size=bs))  # fmt: skip
+    dls: tuple[DataLoader | TensorLoader, DataLoader | TensorLoader]
+    if tensor_loader:  # the same shuffling seed, so Distributed cuts the same global batches
+        dls = (TensorLoader(train.tensors, bs=bs, shuffle=shuffle, seed=5), TensorLoader(valid.tensors, bs=bs))
+    else:
+        dls = (DataLoader(train, batch_size=bs, shuffle=shuffle, generator=torch.Generator().manual_seed(5)),
+               DataLoader(valid, batch_size=bs))  # fmt: skip
     metrics = stateful_metrics() if mode == "metrics" else [accuracy]
     learn = Learner(model(), dls, F.cross_entropy, lr=0.2, metrics=metrics, cbs=cbs, distributed=distributed)
     learn.avg_stats.train_metrics = True
@@ -178,6 +185,17 @@ def main(mode: str, out_dir: str) -> None:
         first = counter.n_started
         learn.fit(2, cbs=[StopAfterEpoch(rank=0, epoch=1)])  # the last epoch: nobody may wait for rank 0
         result.update(n_started=(first, counter.n_started - first))
+    elif mode == "tensor":  # TensorLoaders train as DataLoaders do, and evaluations gather their shards
+        torch_learn = build(mode, bs=4, distributed=True, shuffle=True)
+        torch_learn.fit(2)
+        learn = build(mode, bs=4, distributed=True, shuffle=True, tensor_loader=True)
+        shards = [[batch[0][:, 0].tolist() for batch in shard_loader(dl, 2, rank, None, "test")] for dl in learn.dls]
+        learn.fit(2)
+        inp, pred, targ = learn.get_preds(with_input=True)
+        stats = learn.validate()
+        result.update(torch_params=[p.detach().clone() for p in torch_learn.model.parameters()],
+                      torch_history=torch_learn.avg_stats.history, inp=inp, pred=pred, targ=targ, shards=shards,
+                      stats=(stats.loss, stats.metrics, stats.count), train_dl=type(learn.train_dl).__name__)  # fmt: skip
     elif mode == "stop":
         learn = build(mode, bs=4, distributed=True, cbs=[RaiseOnRank(1, epoch=1, at=2, error=CancelFit), EarlyStopping(patience=9)])
         learn.fit(5)

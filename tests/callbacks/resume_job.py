@@ -6,7 +6,8 @@
 
 Each writes OUT: the final parameters and the epoch history, via torch.save.
 Set RESUME_JOB_ONE_CYCLE=1 to train with `fit_one_cycle`, RESUME_JOB_ACCUMULATE=N
-to add GradientAccumulation(N).
+to add GradientAccumulation(N), RESUME_JOB_TENSOR_LOADER=1 to load with `TensorLoader`s
+instead of torch `DataLoader`s.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from loopkit import Callback, CancelFit, Learner
+from loopkit import Callback, CancelFit, Learner, TensorLoader
 from loopkit.callbacks import CSVLogger, EarlyStopping
 
 
@@ -28,8 +29,14 @@ def build(out_dir: str) -> Learner:
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(70, 6, generator=gen)
     y = (x[:, :3].sum(1) > 0).long()
-    train = DataLoader(TensorDataset(x[:50], y[:50]), batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(2))
-    valid = DataLoader(TensorDataset(x[50:], y[50:]), batch_size=16)
+    train: DataLoader | TensorLoader
+    valid: DataLoader | TensorLoader
+    if os.environ.get("RESUME_JOB_TENSOR_LOADER"):
+        train = TensorLoader((x[:50], y[:50]), bs=8, shuffle=True, seed=2)
+        valid = TensorLoader((x[50:], y[50:]), bs=16)
+    else:
+        train = DataLoader(TensorDataset(x[:50], y[:50]), batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(2))
+        valid = DataLoader(TensorDataset(x[50:], y[50:]), batch_size=16)
     model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 2))  # dropout draws RNG
     cbs: list[Callback] = [CSVLogger(os.path.join(out_dir, "history.csv")), EarlyStopping(patience=50)]
     learn = Learner(model, (train, valid), F.cross_entropy, lr=0.1, cbs=cbs,

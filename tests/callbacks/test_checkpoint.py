@@ -52,8 +52,9 @@ def resume_matches_straight(tmp_path: Path, env: dict[str, str] | None = None, n
 
 @pytest.mark.slow
 @pytest.mark.parametrize("env", [{}, {"RESUME_JOB_ONE_CYCLE": "1"}, {"RESUME_JOB_ACCUMULATE": "20"},
-                                 {"RESUME_JOB_ONE_CYCLE": "1", "RESUME_JOB_ACCUMULATE": "20"}],
-                         ids=["fit", "one_cycle", "accumulation", "one_cycle+accumulation"])  # fmt: skip
+                                 {"RESUME_JOB_ONE_CYCLE": "1", "RESUME_JOB_ACCUMULATE": "20"},
+                                 {"RESUME_JOB_TENSOR_LOADER": "1", "RESUME_JOB_ONE_CYCLE": "1"}],
+                         ids=["fit", "one_cycle", "accumulation", "one_cycle+accumulation", "tensor_loader"])  # fmt: skip
 def test_resume_in_a_new_process_is_bitwise_exact(tmp_path, env):
     resume_matches_straight(tmp_path, env)
 

@@ -181,3 +181,52 @@ def test_an_error_on_one_rank_ends_the_job_with_its_traceback(tmp_path):
     assert "raised on purpose by RaiseOnRank" in proc.stdout + proc.stderr
     left = subprocess.run(["pgrep", "-f", f"dist_job error {tmp_path}"], capture_output=True, text=True)
     assert left.stdout.strip() == ""
+
+
+def test_a_tensor_loader_shards_into_the_same_batches_as_a_dataloader():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from loopkit import TensorLoader
+    from loopkit.callbacks.distributed import shard_loader
+
+    x = torch.arange(37.0).unsqueeze(1)
+    y = torch.arange(37) % 2
+    for shuffle, drop_last in [(True, False), (False, False), (True, True)]:
+        tensors = TensorLoader((x, y), bs=4, shuffle=shuffle, drop_last=drop_last, seed=7)
+        torch_dl = DataLoader(TensorDataset(x, y), batch_size=4, shuffle=shuffle, drop_last=drop_last,
+                              generator=torch.Generator().manual_seed(7))  # fmt: skip
+        ranks = []
+        for rank in (0, 1):
+            shard, torch_shard = shard_loader(tensors, 2, rank, None, "train"), shard_loader(torch_dl, 2, rank, None, "train")
+            for loader in (shard, torch_shard):
+                loader.batch_sampler.set_epoch(3)
+            got = [xb.squeeze(1).long().tolist() for xb, _ in shard]
+            assert got == [xb.squeeze(1).long().tolist() for xb, _ in torch_shard] and len(got) == len(shard)
+            ranks.append(got)
+        assert len(ranks[0]) == len(ranks[1])
+        ids = sorted(i for rank in ranks for batch in rank for i in batch)
+        # every sample once, no padding duplicates; drop_last drops the short last global batch (5 of 37)
+        assert len(ids) == len(set(ids)) == (32 if drop_last else 37) and set(ids) <= set(range(37))
+
+
+def test_two_ranks_train_and_evaluate_over_tensor_loaders_as_over_dataloaders(tmp_path):
+    rank0, rank1 = launched("tensor", tmp_path)
+    for rank in (rank0, rank1):
+        for got, want in zip(rank["params"], rank["torch_params"]):
+            assert torch.equal(got, want)  # the same global batches as DataLoaders, bitwise
+        assert rank["history"] == rank["torch_history"] and rank["train_dl"] == "TensorLoader"
+    for role in (0, 1):  # train and valid shards: equal batch counts, every sample once
+        assert len(rank0["shards"][role]) == len(rank1["shards"][role])
+        split = data("tensor")[role].tensors[0][:, 0].tolist()
+        assert sorted(v for rank in (rank0, rank1) for batch in rank["shards"][role] for v in batch) == sorted(split)
+    single = build("tensor", bs=8, distributed=False, tensor_loader=True)
+    with torch.no_grad():
+        for p, q in zip(single.model.parameters(), rank0["params"]):
+            p.copy_(q)
+    inp, pred, targ = single.get_preds(with_input=True)
+    _, valid = data("tensor")
+    assert torch.equal(inp, valid.tensors[0]) and torch.equal(targ, valid.tensors[1])
+    for rank in (rank0, rank1):  # the gathered shards, back in the loader's order
+        assert torch.equal(rank["inp"], inp) and torch.equal(rank["targ"], targ)
+        torch.testing.assert_close(rank["pred"], pred, rtol=1e-12, atol=1e-12)
+        assert rank["stats"][2] == 23 and rank["stats"][0] == pytest.approx(single.validate().loss, rel=1e-9)
