@@ -26,12 +26,16 @@ IMG = Path(__file__).resolve().parent / "img"
 # (recipe in loopkit.recipes, its command-line arguments, {file it writes: name in docs/img})
 FIGURES: list[tuple[str, list[str], dict[str, str]]] = [
     ("lr_find", ["--epochs", "4"], {"lr_find.png": "lr_find.png", "loss.png": "loss.png", "sched.png": "sched.png"}),
+    ("digits", [], {"confusion.png": "confusion.png"}),
+    ("activations", [], {f"{case}_{kind}.png": f"inside/{case}_{kind}.png"
+                         for case, kind in [("default", "color_dim"), ("default", "stats"), ("default", "dead"),
+                                            ("kaiming", "color_dim"), ("batchnorm", "color_dim")]}),
 ]
 
 
 def main(only: list[str] | None = None) -> list[Path]:
     """Run each recipe of FIGURES (or only those named) and copy its figures to docs/img/; return them."""
-    IMG.mkdir(exist_ok=True)
+    (IMG / "inside").mkdir(parents=True, exist_ok=True)
     written = []
     for recipe, argv, files in FIGURES:
         if only and recipe not in only:

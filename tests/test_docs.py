@@ -79,6 +79,7 @@ def test_the_figures_the_pages_show_exist_and_are_made_by_the_figures_script():
     make_figures = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(make_figures)  # defines FIGURES; runs nothing
     made = {name for _, _, files in make_figures.FIGURES for name in files.values()}
-    shown = {name for page in PAGES for name in re.findall(r"\]\(img/([\w.-]+\.png)\)", page.read_text())}
-    committed = {path.name for path in (ROOT / "docs" / "img").glob("*.png")}
+    shown = {name for page in PAGES for name in re.findall(r"\]\(img/([\w./-]+\.png)\)", page.read_text())}
+    img = ROOT / "docs" / "img"
+    committed = {path.relative_to(img).as_posix() for path in img.rglob("*.png")}
     assert shown <= committed == made  # every figure shown is committed, and the script redraws each
