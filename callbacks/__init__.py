@@ -7,6 +7,7 @@ from .device import Device, pick_device, to_device
 from .distributed import Distributed, ShardBatchSampler
 from .evaluation import GatherPreds, per_sample_loss_func
 from .precision import GradientClip, MixedPrecision
+from .preemption import Preemption
 from .progress import ProgressBar
 from .recorder import Recorder
 from .schedule import (
@@ -45,6 +46,7 @@ __all__ = [
     "MixedPrecision",
     "ParamScheduler",
     "PhaseStats",
+    "Preemption",
     "ProgressBar",
     "Recorder",
     "SaveModel",
