@@ -661,16 +661,17 @@ def outcome(learn: Learner, folder: Path) -> tuple[Any, ...]:
             learn.recorder.losses, learn.recorder.hps, (folder / "history.csv").read_text())  # fmt: skip
 
 
-@pytest.mark.parametrize("kind, k", [("fit", 1), ("fit", 9), ("fit", 7), ("one_cycle", 11),
+@pytest.mark.parametrize("kind, k", [("fit", 1), ("fit", 9), ("fit", 7), ("fit", 14), ("one_cycle", 11),
                                      ("accumulation", 8), ("accumulation", 16)])  # fmt: skip
 def test_a_mid_epoch_checkpoint_resumes_bitwise(tmp_path, kind, k):
-    # k = 7 is the last training batch of epoch 0 (7 batches per epoch): resumed, its phase has no batch left.
+    # k = 7 and 14 end the training of epochs 0 and 1 (7 batches each): resumed, the phase has no batch left.
     # With accumulation, k = 8 and 16 leave a window open (3 batches of 8 samples close a window of 20).
     accumulate = kind == "accumulation"
     straight = mid_epoch_learner(tmp_path / "a", accumulate)
     fit_kind(straight, kind)
     killed = mid_epoch_learner(tmp_path / "b", accumulate)
-    fit_kind(killed, kind, cbs=[SaveModel(path=tmp_path / "b" / "best.pt", every_n_batches=1), StopAfterBatch(k)])
+    # The job dies a batch after the checkpoint we resume from (for k = 7, after epoch 0's CSV row was written).
+    fit_kind(killed, kind, cbs=[SaveModel(path=tmp_path / "b" / "best.pt", every_n_batches=1), StopAfterBatch(k + 1)])
     epoch, batch = divmod(k - 1, 7)
     path = tmp_path / "b" / f"best_epoch{epoch}_batch{batch + 1}.pt"
     state = torch.load(path, weights_only=True)
