@@ -192,6 +192,11 @@ class AvgStats(Callback):
     Sums stay on the device; each phase is read once, at its end. When the model is
     wrapped in `DistributedDataParallel`, the sums are all-reduced once per phase, so
     the figures are global per-sample means.
+
+    Checkpoints: `state_dict` holds the history and the latest figures and, written
+    during a training phase (a mid-epoch checkpoint), the phase's running sums
+    (`train_sums`, pending values included), which a resumed fit continues at its first
+    `before_train`, so its figures equal an uninterrupted phase's bitwise.
     """
 
     order = -20
