@@ -14,6 +14,7 @@ from .lr_finder import LRFinder, LRFindResult
 from .hooks import Hook, HookFunc, Hooks, HooksCallback, ModuleSpec, select_modules
 from .params import NORM_TYPES, decay_groups, freeze, no_decay_params, unfreeze, wd_per_group
 from .precision import GradientClip, MixedPrecision
+from .preemption import Preemption
 from .preserve import preserve_state
 from .progress import ProgressBar
 from .recorder import Recorder
@@ -63,6 +64,7 @@ __all__ = [
     "OverfitBatches",
     "ParamScheduler",
     "PhaseStats",
+    "Preemption",
     "ProgressBar",
     "Recorder",
     "SaveModel",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from loopkit import Callback, CancelStep
@@ -59,6 +60,12 @@ class GradientAccumulation(Callback):
     window, DDP's gradient all-reduce is skipped (`require_backward_grad_sync`
     is false from `before_batch`, DDP's `no_sync`); the closing micro-batch
     all-reduces the whole window's gradients once.
+
+    Checkpoints: `state_dict` holds `n_steps` and, written inside an open window (a
+    mid-epoch checkpoint), `n_window` and the window's gradients, so a fit resumed from
+    it continues the window exactly: they are put back at the resumed training phase's
+    `before_train`. Under `Distributed` the gradients are rank 0's: a window that is
+    open at a mid-epoch checkpoint does not continue exactly on the other ranks.
     """
 
     order = -60
@@ -75,14 +82,19 @@ class GradientAccumulation(Callback):
         self.n_steps = 0
         self._lookahead: _Lookahead | None = None
         self._distributed: Any = None
+        self._resumed: dict[str, Any] | None = None  # a checkpoint's open window, for the next training phase
 
     def before_fit(self) -> None:
         if self.learn.evaluating:  # an evaluation is not a fit: nothing to accumulate
             return
         self.will_step, self.n_window, self.n_steps = False, 0, 0
+        self._resumed = None
 
     def before_train(self) -> None:
         self.will_step, self.n_window = False, 0
+        if self._resumed is not None:  # the phase a mid-epoch checkpoint interrupted: reopen its window
+            self._reopen(self._resumed)
+            self._resumed = None
         learn = self.learn
         distributed = getattr(learn, "distributed", None)
         self._distributed = distributed if distributed is not None and distributed.world_size > 1 else None
@@ -162,6 +174,34 @@ class GradientAccumulation(Callback):
     def after_fit(self) -> None:
         self._drop_open_window()
 
+    def _params(self) -> list[torch.Tensor]:
+        return [p for group in self.learn.opt.param_groups for p in group["params"]]
+
+    def _reopen(self, window: dict[str, Any]) -> None:
+        params = self._params()
+        grads = window["grads"]
+        if len(grads) != len(params) or any(g is not None and g.shape != p.shape for g, p in zip(grads, params)):
+            raise ValueError("the checkpoint's open accumulation window does not fit this optimizer's parameters; "
+                             "resume with the model and optimizer of the saved run.")  # fmt: skip
+        for param, grad in zip(params, grads):
+            param.grad = None if grad is None else grad.to(device=param.device, dtype=param.dtype).clone()
+        self.n_window = window["n_window"]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return `n_steps` and, inside an open window, its sample count and gradients (on the CPU)."""
+        window = None
+        if self.n_window and self.learn is not None and self.learn.opt is not None:
+            grads = [None if p.grad is None else p.grad.detach().cpu().clone() for p in self._params()]
+            window = {"n_window": self.n_window, "grads": grads}
+        return {"n_steps": self.n_steps, "window": window}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned; an open window reopens at the next training phase."""
+        window = state["window"]
+        if window is not None and not (isinstance(window.get("n_window"), int) and isinstance(window.get("grads"), list)):
+            raise ValueError(f"an accumulation window is n_window and a list of gradients, got {sorted(window)}")
+        self.n_steps, self._resumed = int(state["n_steps"]), window
+
     def __repr__(self) -> str:
         return f"GradientAccumulation(n_samples={self.n_samples})"
 
@@ -174,8 +214,16 @@ class _Lookahead:
         self.is_last = False
 
     def __iter__(self) -> Iterator[Any]:
+        return self._ahead(iter(self.dl))
+
+    def iter_from(self, start: int) -> Iterator[Any]:
+        """Iterate from batch `start` of the epoch, the wrapped loader started there (see `_position.iter_from`)."""
+        from ._position import iter_from
+
+        return self._ahead(iter_from(self.dl, start))
+
+    def _ahead(self, it: Iterator[Any]) -> Iterator[Any]:
         end = object()
-        it = iter(self.dl)
         current = next(it, end)
         while current is not end:
             following = next(it, end)

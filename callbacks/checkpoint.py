@@ -4,16 +4,23 @@ A checkpoint is one file written by `torch.save` holding only plain data
 (tensors, numbers, strings, lists, tuples and dicts), so it loads with
 `torch.load(..., weights_only=True)` and opening one cannot run code:
 
-    format, version     "loopkit-checkpoint", 2 (version 1 had no opt_class)
+    format, version     "loopkit-checkpoint", 3 (version 1 had no opt_class, 2 no batch)
     model               the plain module's state_dict (never DDP-prefixed keys)
     opt                 the optimizer's state_dict, or None
     opt_class           the optimizer's class name (e.g. "AdamW"), or None
-    epoch, n_epochs     the position: the epoch just finished, of how many
+    epoch, n_epochs     the position: the epoch just finished (or, mid-epoch, the
+                        current one), of how many
+    batch               0 at an epoch's end; mid-epoch, the training batches of
+                        `epoch` done (a resumed fit continues with batch `batch`)
     train_iter          training batches completed in that fit
     callbacks           {callback name: its state_dict()} for callbacks that have one
     rng                 python, numpy, torch (and CUDA) RNG states, and the states of
                         the generators the loaders shuffle with
-    rng_ranks           under distributed training, every rank's `rng`, by rank
+    phase_rng, loader   mid-epoch only (else None): the RNG states at the start of the
+                        epoch's training phase, which its order was drawn from, and the
+                        train loader's `n_batches`, `batch_size`, `n_samples`, `world_size`
+    rng_ranks           under distributed training, every rank's `rng`, by rank (and
+    phase_rng_ranks     its `phase_rng`, mid-epoch)
 
 Files are written to a temporary name beside the target (`.<name>.tmp`) and renamed
 over it, so a crash mid-write leaves the previous checkpoint intact. Reading checks the
@@ -24,13 +31,16 @@ from __future__ import annotations
 
 import copy
 import glob
+import math
 import numbers
 import os
 import pickle
 import random
+import time
 import warnings
 import zipfile
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,8 +58,8 @@ from ._monitor import Monitor
 if TYPE_CHECKING:
     from loopkit import Learner
 
-FORMAT, VERSION = "loopkit-checkpoint", 2
-VERSIONS = (1, 2)  # version 2 added "opt_class"
+FORMAT, VERSION = "loopkit-checkpoint", 3
+VERSIONS = (1, 2, 3)  # version 2 added "opt_class"; 3 "batch", "phase_rng" and "loader" (mid-epoch positions)
 
 
 def plain_model(model: nn.Module) -> nn.Module:
@@ -92,8 +102,8 @@ def rng_state(learn: Learner) -> dict[str, Any]:
     return state
 
 
-def set_rng_state(learn: Learner, state: dict[str, Any]) -> None:
-    """Restore the RNG states saved by `rng_state`."""
+def set_rng_state(learn: Learner, state: dict[str, Any], warn: bool = True) -> None:
+    """Restore the RNG states saved by `rng_state` (`warn`: when the loaders' generators don't match)."""
     random.setstate(state["python"])
     name, keys, *rest = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
@@ -102,7 +112,7 @@ def set_rng_state(learn: Learner, state: dict[str, Any]) -> None:
     if len(generators) == len(state["loaders"]):
         for gen, gen_state in zip(generators, state["loaders"]):
             gen.set_state(gen_state)
-    elif _shuffles(learn):
+    elif warn and _shuffles(learn):
         warnings.warn(
             f"the checkpoint has {len(state['loaders'])} loader generator state(s) but the loaders have "
             f"{len(generators)}; shuffling will not continue exactly. Build the loaders as in the saved run.",
@@ -121,12 +131,19 @@ def save_checkpoint(learn: Learner, path: str | Path) -> Path:
     """
     path = Path(path)
     rng = rng_state(learn)
+    # Written while a training phase runs (from a training batch's after_batch, as SaveModel and
+    # Preemption do), the checkpoint is mid-epoch: it records the batches of the epoch done.
+    phase = getattr(learn, "_train_phase", None)
+    batch = learn.train_iter - phase.train_iter if phase is not None and phase.open and not learn.evaluating else 0
+    phase_rng = phase.rng if phase is not None and batch > 0 else None
     distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-    rng_ranks: list[Any] | None = None
+    ranks: list[Any] | None = None
     if distributed:
-        rng_ranks = [None] * dist.get_world_size()
-        dist.all_gather_object(rng_ranks, rng)
+        ranks = [None] * dist.get_world_size()
+        dist.all_gather_object(ranks, (rng, phase_rng))
     if is_main_process():
+        from ._position import loader_info
+
         state = {
             "format": FORMAT,
             "version": VERSION,
@@ -135,12 +152,17 @@ def save_checkpoint(learn: Learner, path: str | Path) -> Path:
             "opt_class": _opt_class(learn.opt) if learn.opt is not None else None,
             "epoch": learn.epoch,
             "n_epochs": learn.n_epochs,
+            "batch": batch,
             "train_iter": learn.train_iter,
             "callbacks": {cb.cb_name: cb.state_dict() for cb in learn.cbs if callable(getattr(cb, "state_dict", None))},
             "rng": rng,
+            "phase_rng": phase_rng,
+            "loader": loader_info(learn) if batch > 0 else None,
         }
-        if rng_ranks is not None:
-            state["rng_ranks"] = rng_ranks
+        if ranks is not None:
+            state["rng_ranks"] = [r for r, _ in ranks]
+            if batch > 0:
+                state["phase_rng_ranks"] = [p for _, p in ranks]
         _write_atomically(state, path)
     if distributed:
         dist.barrier()
@@ -194,9 +216,10 @@ class _Checkpoint(dict[str, Any]):
 
     path: Path
     checked_opt: Any = None  # the optimizer the "opt" entry was checked against
+    start: tuple[int, int] = (0, 0)  # where a fit resumed from it starts: (start_epoch, start_iter)
 
 
-def read_checkpoint(learn: Learner, path: str | Path, with_opt: bool = True) -> dict[str, Any]:
+def read_checkpoint(learn: Learner, path: str | Path, with_opt: bool = True) -> _Checkpoint:
     """Read a checkpoint and check all of it against `learn`, without changing anything.
 
     Everything `apply_checkpoint` will use is checked here: the layout of the file, the
@@ -323,11 +346,31 @@ def _check_layout(state: dict[str, Any], path: Path) -> None:
             and all(isinstance(k, str) and isinstance(v, dict) for k, v in callbacks.items())):  # fmt: skip
         raise _refuse(path, "its 'callbacks' entry is not a dict of callback names to their state_dict()")
     _check_rng(state["rng"], path, "rng")
-    if "rng_ranks" in state:
-        if not isinstance(state["rng_ranks"], list):
-            raise _refuse(path, "its 'rng_ranks' entry is not a list of RNG states by rank")
-        for rank, rng in enumerate(state["rng_ranks"]):
-            _check_rng(rng, path, f"rng_ranks[{rank}]")
+    for entry in ("rng_ranks", "phase_rng_ranks"):
+        if entry in state:
+            if not isinstance(state[entry], list):
+                raise _refuse(path, f"its {entry!r} entry is not a list of RNG states by rank")
+            for rank, rng in enumerate(state[entry]):
+                _check_rng(rng, path, f"{entry}[{rank}]")
+    _check_position(state, path)
+
+
+def _check_position(state: dict[str, Any], path: Path) -> None:
+    if state["version"] < 3:
+        state.update(batch=0, phase_rng=None, loader=None)  # older files hold epoch ends only
+    missing = [key for key in ("batch", "phase_rng", "loader") if key not in state]
+    if missing:
+        raise _refuse(path, f"it has no {missing} entr{'y' if len(missing) == 1 else 'ies'}")
+    if not _is_int(state["batch"]):
+        raise _refuse(path, f"its 'batch' entry is not a count of batches (got {state['batch']!r})")
+    if state["batch"] == 0:
+        return
+    _check_rng(state["phase_rng"], path, "phase_rng")
+    loader = state["loader"]
+    keys = ("n_batches", "batch_size", "n_samples", "world_size")
+    if not (isinstance(loader, dict) and set(loader) == set(keys)
+            and all(loader[k] is None or _is_int(loader[k]) for k in keys) and _is_int(loader["world_size"], 1)):  # fmt: skip
+        raise _refuse(path, f"its 'loader' entry does not describe the train loader ({loader!r:.80})")
 
 
 def _check_rng(rng: Any, path: Path, entry: str) -> None:
@@ -476,12 +519,70 @@ def apply_checkpoint(learn: Learner, state: dict[str, Any], with_opt: bool = Tru
     if opt is not None:
         learn.opt = opt
         opt.load_state_dict(state["opt"])
-    rng = state["rng"]
+    rng, phase_rng = state["rng"], state["phase_rng"]
     if "rng_ranks" in state and dist.is_available() and dist.is_initialized():
         if len(state["rng_ranks"]) == dist.get_world_size():
             rng = state["rng_ranks"][dist.get_rank()]
+            phase_rng = state["phase_rng_ranks"][dist.get_rank()] if "phase_rng_ranks" in state else phase_rng
     set_rng_state(learn, rng)
     learn.epoch, learn.train_iter = state["epoch"], state["train_iter"]
+    if resume and state["batch"]:
+        from ._position import TrainPhase
+
+        # The resumed epoch's phase: its order is drawn again from phase_rng, then rng is set again.
+        phase = learn._train_phase = TrainPhase(state["epoch"], state["train_iter"] - state["batch"], phase_rng)
+        phase.resume_rng = rng
+
+
+def read_resume(learn: Learner, path: str | Path, n_epochs: int) -> _Checkpoint:
+    """Read and check a checkpoint for `fit(n_epochs, resume=path)`; its `start` is `(start_epoch, start_iter)`.
+
+    On top of `read_checkpoint`'s checks: a `ValueError` when the checkpoint leaves
+    nothing to do in `n_epochs` epochs, and, for a mid-epoch checkpoint, when the train
+    loader has another batch size, number of samples or of batches (or the run another
+    number of processes), since the saved position would point elsewhere in the epoch.
+    Warns when `n_epochs` differs from the saved fit's.
+    """
+    checkpoint = read_checkpoint(learn, path)
+    epoch, batch, name = checkpoint["epoch"], checkpoint["batch"], str(path)
+    if batch == 0 and epoch + 1 >= n_epochs:
+        raise ValueError(
+            f"{name!r} was saved at the end of epoch {epoch} (zero-based), so a fit of "
+            f"{n_epochs} epochs has nothing left to do; pass the n_epochs of the original fit or more."
+        )
+    if batch and epoch >= n_epochs:
+        raise ValueError(f"{name!r} was saved in epoch {epoch} (zero-based, after batch {batch}), which a fit of "
+                         f"{n_epochs} epochs does not have; pass the n_epochs of the original fit.")  # fmt: skip
+    if batch:
+        _check_loader(learn, checkpoint["loader"], name)
+    if checkpoint["n_epochs"] != n_epochs:
+        warnings.warn(
+            f"resuming a fit of {checkpoint['n_epochs']} epochs as one of {n_epochs}: schedules that follow "
+            "pct_train will not continue exactly; pass the original n_epochs to resume exactly.",
+            stacklevel=4,
+        )
+    checkpoint.start = (epoch, batch) if batch else (epoch + 1, 0)
+    return checkpoint
+
+
+def _check_loader(learn: Learner, saved: dict[str, Any], name: str) -> None:
+    from ._position import loader_info
+
+    now = loader_info(learn)
+    distributed = getattr(learn, "distributed", None)
+    if distributed is not None:  # the loaders are sharded at before_fit, after this check
+        now["world_size"] = dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", "1"))
+    if now["world_size"] != 1 or saved["world_size"] != 1:
+        now["n_batches"] = saved["n_batches"]  # a shard's batches follow from the sizes and processes compared here
+    what = {"world_size": "processes", "batch_size": "batch size", "n_samples": "samples", "n_batches": "batches"}
+    wrong = [f"{what[key]} {saved[key]} then, {now[key]} now" for key in what
+             if saved[key] is not None and now[key] is not None and saved[key] != now[key]]  # fmt: skip
+    if wrong:
+        raise ValueError(
+            f"cannot resume from {name!r}: it was saved mid-epoch, and the train loader differs from the saved run's "
+            f"({'; '.join(wrong)}), so the saved position would point elsewhere in the epoch. Build the train loader "
+            "as in the saved run, or resume from a checkpoint written at an epoch's end. Nothing was changed."
+        )
 
 
 def _load_callbacks(learn: Learner, states: dict[str, dict[str, Any]], path: Path, warn_dropped: bool) -> None:
@@ -509,31 +610,68 @@ def _load_callbacks(learn: Learner, states: dict[str, dict[str, Any]], path: Pat
 
 
 class SaveModel(Callback):
-    """Save a full checkpoint when the monitored figure improves (and optionally every epoch).
+    """Save full checkpoints: at the best monitored figure, and periodically (epochs, batches, seconds).
 
-    Events: before_fit, after_epoch, after_fit.
-    Reads: epoch, and `learn.avg_stats.history` (the epoch's row).
+    Events: before_fit, after_batch, after_epoch, after_fit.
+    Reads: epoch, iter, training, train_iter, evaluating, and `learn.avg_stats.history`
+    (the epoch's row).
     Writes on the learner: nothing (at `after_fit`, with `restore_best`, the model's weights).
-    Publishes: `best` (the best value so far), `best_epoch`, `path`.
-    order = 90: after every other `after_epoch` (AvgStats, loggers, EarlyStopping),
-    so the checkpoint holds their state for this epoch and resumes exactly.
+    Publishes: `best` (the best value so far), `best_epoch`, `path`, `periodic` (the
+    periodic checkpoints kept, oldest first), `top` (`(value, file name)` of the best
+    `keep_best` checkpoints, best first), `last_saved` (the path of the latest checkpoint
+    written in this fit, or `None`).
+    order = 90: after every other `after_batch` and `after_epoch` (AvgStats, loggers,
+    EarlyStopping), so the checkpoint holds their state for this batch or epoch and
+    resumes exactly.
 
     `monitor` is a column of the history (`valid_loss`, `train_loss`, a metric name);
-    `mode` is "min" or "max". The best checkpoint is written to `path`; with
-    `every_epoch` also to `<stem>_epoch<N><suffix>` beside it. Checkpoints are
-    full `learn.save` files: `learn.fit(n_epochs, resume=path)` continues from one.
-    At `before_fit` (on rank 0) the folder of `path` is created, and a `ValueError`
-    is raised if `path` is a directory or the folder can't be made or written to.
+    `mode` is "min" or "max". The best checkpoint is written to `path`. Periodic
+    checkpoints go beside it: with `every_epoch` at each epoch's end as
+    `<stem>_epoch<E><suffix>`; with `every_n_batches` after every `n`-th training batch
+    of the fit, and with `every_seconds` after the first training batch that ends
+    `every_seconds` or more after the last periodic save (or the fit's start) by `clock` (a
+    function returning seconds, `time.monotonic` by default), as
+    `<stem>_epoch<E>_batch<B><suffix>`, where `B` training batches of epoch `E` are
+    done. `keep_last` keeps only the last `k` periodic checkpoints, and `keep_best` also
+    writes the best `k` epochs by the monitored figure as
+    `<stem>_epoch<E>_<monitor>_<value><suffix>`; older files are deleted only once the
+    new checkpoint is complete. Both lists are part of the checkpoint, so a resumed fit
+    keeps counting. Checkpoints are full `learn.save` files: `learn.fit(n_epochs,
+    resume=path)` continues from one, mid-epoch ones included. At `before_fit` (on
+    rank 0) the folder of `path` is created, and a `ValueError` is raised if `path` is a
+    directory or the folder can't be made or written to. Bad arguments (such as
+    `every_n_batches=0`) are a `ValueError` at construction.
     """
 
     order = 90
 
     def __init__(self, monitor: str = "valid_loss", mode: str = "min", every_epoch: bool = False,
-                 path: str | Path = "models/best.pt", min_delta: float = 0.0, restore_best: bool = False) -> None:
+                 path: str | Path = "models/best.pt", min_delta: float = 0.0, restore_best: bool = False,
+                 every_n_batches: int | None = None, every_seconds: float | None = None,
+                 keep_last: int | None = None, keep_best: int | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
         self.monitor = Monitor(monitor, mode, min_delta, owner="SaveModel")
+        for name, value in (("every_n_batches", every_n_batches), ("keep_last", keep_last), ("keep_best", keep_best)):
+            if value is not None and not _is_int(value, 1):
+                raise ValueError(f"SaveModel({name}={value!r}): give an int >= 1, or None to turn it off.")
+        if every_seconds is not None and not (isinstance(every_seconds, numbers.Real) and not isinstance(every_seconds, bool)
+                                              and math.isfinite(every_seconds) and every_seconds > 0):  # fmt: skip
+            raise ValueError(f"SaveModel(every_seconds={every_seconds!r}): give a number of seconds > 0, "
+                             "e.g. 1800 for every half hour, or None to turn it off.")  # fmt: skip
+        if keep_last is not None and not (every_epoch or every_n_batches or every_seconds):
+            raise ValueError(f"SaveModel(keep_last={keep_last}) keeps periodic checkpoints, and none are asked for; "
+                             "set every_epoch, every_n_batches or every_seconds too.")  # fmt: skip
+        if not callable(clock):
+            raise TypeError(f"SaveModel(clock=...) must be a function returning seconds, got {clock!r}.")
         self.every_epoch, self.path, self.restore_best = every_epoch, Path(path), restore_best
+        self.every_n_batches, self.every_seconds, self.clock = every_n_batches, every_seconds, clock
+        self.keep_last, self.keep_best = keep_last, keep_best
         self.best: float | None = None
         self.best_epoch: int | None = None
+        self.periodic: list[str] = []
+        self.top: list[tuple[float, str]] = []
+        self.last_saved: Path | None = None
+        self._last_time = 0.0
 
     def before_fit(self) -> None:
         if self.learn.evaluating:  # an evaluation is not a fit: nothing to save
@@ -541,7 +679,8 @@ class SaveModel(Callback):
         self.monitor.check(self.learn)
         if is_main_process():
             self._check_path()
-        self.best, self.best_epoch = None, None
+        self.best, self.best_epoch, self.periodic, self.top, self.last_saved = None, None, [], [], None
+        self._last_time = self.clock()
 
     def _check_path(self) -> None:
         # Now, not at the first save an epoch later (which would also have written beside a directory).
@@ -558,15 +697,53 @@ class SaveModel(Callback):
             raise ValueError(f"SaveModel(path={str(self.path)!r}): the folder {str(folder)!r} is not writable; "
                              "choose a folder you can write to.")  # fmt: skip
 
+    def _beside(self, tail: str) -> Path:
+        return self.path.with_name(f"{self.path.stem}_{tail}{self.path.suffix}")
+
+    def after_batch(self) -> None:
+        learn = self.learn
+        if not learn.training or not (self.every_n_batches or self.every_seconds):
+            return
+        due = bool(self.every_n_batches) and learn.train_iter % self.every_n_batches == 0  # type: ignore[operator]
+        if self.every_seconds and not due:
+            due = self.clock() - self._last_time >= self.every_seconds
+        if due:
+            self._save_periodic(self._beside(f"epoch{learn.epoch}_batch{learn.iter + 1}"))
+
     def after_epoch(self) -> None:
         value = self.monitor.read(self.learn)
         improved = self.monitor.improved(value, self.best)
         if improved:  # update first, so the checkpoints below hold this epoch's best
             self.best, self.best_epoch = value, self.epoch
         if self.every_epoch:
-            self.learn.save(self.path.with_name(f"{self.path.stem}_epoch{self.epoch}{self.path.suffix}"))
+            self._save_periodic(self._beside(f"epoch{self.epoch}"))
+        if self.keep_best and not math.isnan(value):
+            self._save_top(value)
         if improved:
-            self.learn.save(self.path)
+            self._save(self.path)
+
+    def _save(self, path: Path, drop: Sequence[str] = ()) -> None:
+        self.last_saved = self.learn.save(path)
+        if is_main_process():  # only now that the new file is complete
+            for name in drop:
+                if name != path.name:
+                    (self.path.parent / name).unlink(missing_ok=True)
+
+    def _save_periodic(self, path: Path) -> None:
+        kept = [name for name in self.periodic if name != path.name] + [path.name]
+        k = len(kept) if self.keep_last is None else self.keep_last
+        self.periodic, drop = kept[-k:], kept[:-k]  # set first: the checkpoint lists what it keeps
+        self._save(path, drop)
+        self._last_time = self.clock()
+
+    def _save_top(self, value: float) -> None:
+        name = self._beside(f"epoch{self.epoch}_{self.monitor.name}_{value:.6g}").name
+        sign = 1.0 if self.monitor.mode == "min" else -1.0
+        ranked = sorted([*[t for t in self.top if t[1] != name], (value, name)], key=lambda t: sign * t[0])  # stable
+        kept = ranked[: self.keep_best]
+        if (value, name) in kept:
+            self.top = kept
+            self._save(self.path.with_name(name), [t[1] for t in ranked[self.keep_best :]])
 
     def after_fit(self) -> None:
         if self.learn.evaluating:  # an evaluation is not a fit: nothing to restore
@@ -576,9 +753,12 @@ class SaveModel(Callback):
             plain_model(self.model).load_state_dict(state["model"])
 
     def state_dict(self) -> dict[str, Any]:
-        """Return the best value and epoch, for exact resume."""
-        return {"best": self.best, "best_epoch": self.best_epoch}
+        """Return the best value and epoch and the kept checkpoints' names, for exact resume."""
+        return {"best": self.best, "best_epoch": self.best_epoch, "periodic": list(self.periodic),
+                "top": [list(t) for t in self.top]}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what `state_dict` returned."""
+        """Restore what `state_dict` returned (checkpoints of older versions have no lists)."""
+        periodic, top = list(state.get("periodic", [])), [(float(v), str(n)) for v, n in state.get("top", [])]
         self.best, self.best_epoch = state["best"], state["best_epoch"]
+        self.periodic, self.top = periodic, top

@@ -62,6 +62,7 @@ class WeightedSums:
         self._columns: list[list[torch.Tensor | float]] = [[] for _ in range(n_values)]
         self._sizes: list[int] = []
         self._sums: torch.Tensor | None = None
+        self._restored = False  # restored from a checkpoint: on the CPU until the first fold
 
     def add(self, values: Sequence[torch.Tensor | float], n: int) -> None:
         """Add the per-batch means `values` of a batch of `n` samples.
@@ -83,8 +84,13 @@ class WeightedSums:
             return
         columns, sizes = self._columns, self._sizes
         self._columns, self._sizes = [[] for _ in range(self.n_values)], []
-        first = next((c[0] for c in columns if isinstance(c[0], torch.Tensor)), None)
-        device = first.device if first is not None else torch.device("cpu")
+        # The newest value's device: values and sums restored from a checkpoint come from the CPU.
+        last = next((c[-1] for c in columns if isinstance(c[-1], torch.Tensor)), None)
+        device = last.device if last is not None else torch.device("cpu")
+        if self._restored:
+            self._restored = False
+            columns = [[v.to(device) if isinstance(v, torch.Tensor) else v for v in c] for c in columns]
+            self._sums = None if self._sums is None else self._sums.to(device)
         # float64 keeps long phases exact; MPS has no float64, so stay in float32 there.
         dtype = torch.float32 if device.type == "mps" else torch.float64
         stacked = []
@@ -102,6 +108,31 @@ class WeightedSums:
             return torch.zeros(1 + self.n_values, dtype=torch.float64)
         count = torch.full((1,), self.count, dtype=self._sums.dtype, device=self._sums.device)
         return torch.cat([count, self._sums])
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return the running sums as plain data (CPU tensors), pending values included, for checkpoints."""
+        def cpu(value: torch.Tensor | float) -> torch.Tensor | float:
+            return value.detach().cpu() if isinstance(value, torch.Tensor) else value
+
+        return {"n_values": self.n_values, "count": self.count, "sizes": list(self._sizes),
+                "columns": [[cpu(v) for v in column] for column in self._columns],
+                "sums": None if self._sums is None else self._sums.cpu()}  # fmt: skip
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> WeightedSums:
+        """Return sums restored from `state_dict()`; they fold exactly as the saved ones would have.
+
+        Raises `ValueError` for a state that is not one `state_dict` returns.
+        """
+        sums = cls(state["n_values"])
+        columns, sizes = state["columns"], state["sizes"]
+        if (len(columns) != sums.n_values or any(len(c) != len(sizes) for c in columns)
+                or (state["sums"] is not None and tuple(state["sums"].shape) != (sums.n_values,))):  # fmt: skip
+            raise ValueError(f"the running sums do not fit {sums.n_values} value(s) per batch")
+        sums.count, sums._sizes, sums._sums = int(state["count"]), list(sizes), state["sums"]
+        sums._columns = [list(c) for c in columns]
+        sums._restored = True
+        return sums
 
     @staticmethod
     def means(totals: torch.Tensor) -> tuple[int, list[float]]:
@@ -272,6 +303,11 @@ class AvgStats(Callback):
     each process holds a shard of the phase (DDP), the sums are all-reduced once per
     phase and a torchmetrics metric gathers its states in `compute`, so the figures
     are global; when every process sees all the data, that gather is turned off.
+
+    Checkpoints: `state_dict` holds the history and the latest figures and, written
+    during a training phase (a mid-epoch checkpoint), the phase's running sums
+    (`train_sums`, pending values included), which a resumed fit continues at its first
+    `before_train`, so its figures equal an uninterrupted phase's bitwise.
     """
 
     order = -20
@@ -295,12 +331,14 @@ class AvgStats(Callback):
         self.history: list[dict[str, float]] = []
         self._sums: WeightedSums | None = None
         self._check_metrics = False
+        self._resumed: WeightedSums | None = None  # a mid-epoch checkpoint's training sums, for the next phase
 
     def before_fit(self) -> None:
         self._with_metrics = False
         self._check_metrics = bool(self.metrics)
         if not self.learn.evaluating:
             self.history = []
+            self._resumed = None
         if not self._stateful:
             return
         if _sharded(self.learn):
@@ -329,6 +367,13 @@ class AvgStats(Callback):
 
     def before_train(self) -> None:
         self._start(self.train_metrics)
+        if self._resumed is not None:  # the phase a mid-epoch checkpoint interrupted: continue its sums
+            if self._resumed.n_values != self._sums.n_values:  # type: ignore[union-attr]  # set by _start
+                raise ValueError(
+                    f"the checkpoint's training sums hold {self._resumed.n_values} value(s) per batch, this AvgStats "
+                    f"{self._sums.n_values}; resume with the same metrics and train_metrics as the saved run."  # type: ignore[union-attr]
+                )
+            self._sums, self._resumed = self._resumed, None
 
     def before_validate(self) -> None:
         self._start(True)
@@ -426,10 +471,19 @@ class AvgStats(Callback):
         self.history.append({column: values.get(column, math.nan) for column in self.columns})
 
     def state_dict(self) -> dict[str, Any]:
-        """Return the history and the latest phases' figures, for checkpoints (a resumed fit continues them)."""
-        return {"history": [dict(row) for row in self.history], "train": asdict(self.train), "valid": asdict(self.valid)}
+        """Return the history and the latest phases' figures, for checkpoints (a resumed fit continues them).
+
+        During a training phase (a mid-epoch checkpoint) also its running sums, `train_sums`.
+        """
+        learn = self.learn
+        running = self._sums is not None and learn is not None and learn.training and not learn.evaluating
+        return {"history": [dict(row) for row in self.history], "train": asdict(self.train), "valid": asdict(self.valid),
+                "train_sums": self._sums.state_dict() if running else None}  # type: ignore[union-attr]  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what `state_dict` returned."""
+        """Restore what `state_dict` returned; running sums continue at the next training phase."""
+        sums = state.get("train_sums")
+        resumed = WeightedSums.from_state(sums) if sums is not None else None
         self.history = [dict(row) for row in state["history"]]
         self.train, self.valid = PhaseStats(**state["train"]), PhaseStats(**state["valid"])
+        self._resumed = resumed

@@ -304,17 +304,22 @@ class TensorLoader:
 
     def __iter__(self) -> Iterator[Any]:
         """Yield this epoch's batches; with `shuffle`, draw the epoch's order from `generator` first."""
+        return self.iter_from(0)
+
+    def iter_from(self, start: int) -> Iterator[Any]:
+        """Return this epoch's batches from batch `start` on, the order drawn now (as `iter` draws it).
+
+        A resumed fit starts the interrupted epoch here: the same order as the
+        uninterrupted run, and the batches before `start` are never indexed.
+        """
         bs = self.bs
         stop = len(self) * bs if self.drop_last else self.n_samples
         if self.generator is None:
-            for start in range(0, stop, bs):
-                yield self.take(slice(start, start + bs))
-            return
+            return (self.take(slice(first, first + bs)) for first in range(start * bs, stop, bs))
         order = torch.randperm(self.n_samples, generator=self.generator)
         if stop == 0:  # drop_last with fewer samples than bs: split would yield one empty index
-            return
-        for index in order[:stop].to(self.device).split(bs):
-            yield self.take(index)
+            return iter(())
+        return (self.take(index) for index in order[:stop].to(self.device).split(bs)[start:])
 
     def __repr__(self) -> str:
         return (f"TensorLoader({self.n_samples} samples, bs={self.bs}, shuffle={self.shuffle}, "

@@ -47,6 +47,8 @@ from .events import (
 )
 
 if TYPE_CHECKING:
+    from loopkit.callbacks._position import TrainPhase
+    from loopkit.callbacks.checkpoint import _Checkpoint
     from loopkit.callbacks.lr_finder import LRFindResult
     from loopkit.callbacks.stats import PhaseStats
 
@@ -55,7 +57,7 @@ OptFunc = Callable[..., torch.optim.Optimizer]
 Metric = Callable[..., torch.Tensor]
 
 _STATE_DEFAULTS: dict[str, Any] = dict(
-    n_epochs=0, start_epoch=0, epoch=0, training=False, dl=None, iter=0, n_iter=None, train_iter=0,
+    n_epochs=0, start_epoch=0, start_iter=0, epoch=0, training=False, dl=None, iter=0, n_iter=None, train_iter=0,
     pct_train=0.0, batch=None, xb=(), yb=(), pred=None, loss=None, evaluating=False,
 )  # fmt: skip
 
@@ -88,6 +90,7 @@ class Learner:
     cbs: list[Callback]
     n_epochs: int
     start_epoch: int
+    start_iter: int
     epoch: int
     training: bool
     dl: Iterable[Batch] | None
@@ -101,6 +104,7 @@ class Learner:
     pred: Any
     loss: torch.Tensor  # None until the first batch, and for batches without targets
     evaluating: bool  # True during validate, get_preds and predict
+    _train_phase: TrainPhase | None = None  # where the current training phase started (for mid-epoch checkpoints)
 
     def __init__(
         self,
@@ -330,8 +334,9 @@ class Learner:
         gradient is left in `.grad`. `resume` is a checkpoint written by `save` or
         `SaveModel`: after `before_fit`, the model, optimizer, callbacks' state, RNG
         states and position are restored from it, and the fit continues with the epoch
-        after the saved one (`start_epoch`), as if it had never stopped when `n_epochs`
-        is the same. A cancel exception ends its stage; any other exception ends the
+        after the saved one (`start_epoch`), or, from a mid-epoch checkpoint, with the
+        next training batch of the saved epoch (`start_iter`), as if it had never
+        stopped when `n_epochs` is the same. A cancel exception ends its stage; any other exception ends the
         fit after `after_fit` has run, and propagates.
         """
         if not isinstance(n_epochs, int) or isinstance(n_epochs, bool) or n_epochs < 1:
@@ -350,7 +355,7 @@ class Learner:
                         group["lr"] = lr
                 checkpoint = self._read_resume(resume, n_epochs) if resume is not None else None
                 self.n_epochs, self.epoch, self.train_iter, self.pct_train = n_epochs, 0, 0, 0.0
-                self.start_epoch = checkpoint["epoch"] + 1 if checkpoint is not None else 0
+                self.start_epoch, self.start_iter = checkpoint.start if checkpoint is not None else (0, 0)
                 self.evaluating = False
                 with self._step_guard:
                     self._do_fit(checkpoint)
@@ -402,8 +407,9 @@ class Learner:
         self.n_iter = length(dl)
         try:
             self._fire("before_" + stage)
-            empty = True
-            for self.iter, self.batch in enumerate(self.dl):  # type: ignore[arg-type]  # callbacks may replace dl
+            batches, start = self._train_batches() if training else (self.dl, 0)
+            empty = start == 0  # a phase resumed after its last batch has none left
+            for self.iter, self.batch in enumerate(batches, start):  # type: ignore[arg-type]  # callbacks may replace dl
                 empty = False
                 self._do_batch()
             if empty:
@@ -411,6 +417,13 @@ class Learner:
         except cancel:
             self._fire("after_cancel_" + stage)
         self._fire("after_" + stage)
+
+    def _train_batches(self) -> tuple[Iterable[Batch], int]:
+        # Leaf work, fires nothing: note where the training phase starts (mid-epoch checkpoints record
+        # it) and, in the first epoch of a fit resumed mid-epoch, start the loader at the saved batch.
+        from loopkit.callbacks._position import train_batches
+
+        return train_batches(self)
 
     def _do_batch(self) -> None:
         try:
@@ -555,22 +568,10 @@ class Learner:
         apply_checkpoint(self, read_checkpoint(self, path, with_opt=with_opt), with_opt=with_opt)
         return self
 
-    def _read_resume(self, path: str | Path, n_epochs: int) -> dict[str, Any]:
-        from loopkit.callbacks.checkpoint import read_checkpoint
+    def _read_resume(self, path: str | Path, n_epochs: int) -> _Checkpoint:
+        from loopkit.callbacks.checkpoint import read_resume
 
-        checkpoint = read_checkpoint(self, path)
-        if checkpoint["epoch"] + 1 >= n_epochs:
-            raise ValueError(
-                f"{str(path)!r} was saved at the end of epoch {checkpoint['epoch']} (zero-based), so a fit of "
-                f"{n_epochs} epochs has nothing left to do; pass the n_epochs of the original fit or more."
-            )
-        if checkpoint["n_epochs"] != n_epochs:
-            warnings.warn(
-                f"resuming a fit of {checkpoint['n_epochs']} epochs as one of {n_epochs}: schedules that follow "
-                "pct_train will not continue exactly; pass the original n_epochs to resume exactly.",
-                stacklevel=3,
-            )
-        return checkpoint
+        return read_resume(self, path, n_epochs)
 
     def _apply_resume(self, checkpoint: dict[str, Any]) -> None:
         from loopkit.callbacks.checkpoint import apply_checkpoint

@@ -22,10 +22,11 @@ from torch import nn
 
 from torch.utils.data import DataLoader, TensorDataset
 
-from loopkit import Callback, CancelFit, Learner
-from loopkit.callbacks import CSVLogger, EarlyStopping, SaveModel
+from loopkit import Callback, CancelFit, Learner, TensorLoader
+from loopkit.callbacks import CSVLogger, EarlyStopping, GradientAccumulation, SaveModel
 from loopkit.callbacks import checkpoint as checkpoint_module
-from tests.conftest import Tracer, make_learner, tiny_model
+from tests.callbacks.resume_job import build
+from tests.conftest import Tracer, make_data, make_learner, tiny_model
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -65,7 +66,8 @@ def test_checkpoint_is_plain_data_with_the_documented_keys(tmp_path):
     learn.fit(2)
     path = learn.save(tmp_path / "sub" / "ckpt.pt")
     state = torch.load(path, weights_only=True)
-    assert {"format", "version", "model", "opt", "epoch", "n_epochs", "train_iter", "callbacks", "rng"} <= set(state)
+    assert {"format", "version", "model", "opt", "epoch", "n_epochs", "batch", "train_iter", "callbacks", "rng",
+            "phase_rng", "loader"} <= set(state)  # fmt: skip
     assert state["epoch"] == 1 and state["train_iter"] == 6 and set(state["model"]) == {"weight", "bias"}
     assert len(state["callbacks"]["avg_stats"]["history"]) == 2
 
@@ -373,9 +375,10 @@ def test_a_checkpoint_with_groups_in_another_order_is_refused(tmp_path):
 def test_a_version_1_checkpoint_still_loads(tmp_path):
     learn = trained()
     state = torch.load(learn.save(tmp_path / "new.pt"), weights_only=True)
-    assert state["version"] == 2 and state["opt_class"] == "SGD"
+    assert state["version"] == 3 and state["opt_class"] == "SGD" and state["batch"] == 0
     state["version"] = 1
-    del state["opt_class"]
+    for key in ("opt_class", "batch", "phase_rng", "loader"):
+        del state[key]
     torch.save(state, tmp_path / "old.pt")
     fresh = make_learner(default_cbs=True, opt_func=sgd_momentum).load(tmp_path / "old.pt")
     assert_same(fresh.opt.state_dict(), learn.opt.state_dict())
@@ -596,3 +599,336 @@ def test_a_fit_resumed_from_save_models_checkpoint_compares_against_the_saved_be
     learn, seen = run(resume=tmp_path / "best_epoch2.pt")
     assert seen == {3: (0.5, 0, 0), 4: (0.4, 4, 4)}  # epoch 3 neither improves nor overwrites best.pt
     assert (learn.save_model.best, learn.save_model.best_epoch) == (0.4, 4)
+
+
+# -- mid-epoch checkpoints, retention, positioning ------------------------------------------
+
+
+def run_trials(tmp_path: Path, env: dict[str, str], n_trials: int = 20, n_epochs: int = 3) -> None:
+    subprocess.run([sys.executable, "-m", "tests.callbacks.resume_job", "trials", str(tmp_path / "runs"), str(n_epochs),
+                    str(n_trials), "15"], cwd=ROOT, check=True, timeout=900, env={**os.environ, **env})  # fmt: skip
+    straight = torch.load(tmp_path / "runs" / "straight" / "out.pt", weights_only=True)
+    csv_text = (tmp_path / "runs" / "straight" / "history.csv").read_text()
+    for trial in range(n_trials):
+        folder = tmp_path / "runs" / f"trial{trial}"
+        resumed = torch.load(folder / "out.pt", weights_only=True)
+        where = (folder / "killed_at.txt").read_text().strip()
+        for got, want in zip(resumed["params"], straight["params"]):
+            assert torch.equal(got, want), where  # bitwise
+        assert resumed["history"] == straight["history"], where
+        assert resumed["losses"] == straight["losses"] and resumed["hps"] == straight["hps"], where
+        assert (folder / "history.csv").read_text() == csv_text, where
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("env", [{}, {"RESUME_JOB_ONE_CYCLE": "1"}, {"RESUME_JOB_ACCUMULATE": "20"}],
+                         ids=["fit", "one_cycle", "accumulation"])  # fmt: skip
+def test_killed_at_a_random_batch_a_fresh_process_resumes_bitwise(tmp_path, env):
+    # 20 trials: a child checkpoints every batch and is SIGKILLed at a random point of a random batch;
+    # a fresh child resumes from the latest complete checkpoint and must equal the straight run.
+    run_trials(tmp_path, env)
+
+
+class StopAfterBatch(Callback):
+    """Stand in for a job killed right after training batch `k` of the fit was checkpointed."""
+
+    order = 95  # after SaveModel's after_batch
+
+    def __init__(self, k: int):
+        self.k = k
+
+    def after_batch(self) -> None:
+        if self.training and self.train_iter == self.k:
+            raise CancelFit
+
+
+def mid_epoch_learner(folder: Path, accumulate: bool) -> Learner:
+    folder.mkdir(exist_ok=True)
+    learn = build(str(folder))
+    if accumulate:
+        learn.add_cbs(GradientAccumulation(20))  # windows of 3 batches of 8: open after 1 or 2 of them
+    return learn
+
+
+def fit_kind(learn: Learner, kind: str, **kwargs: Any) -> None:
+    if kind == "one_cycle":
+        learn.fit_one_cycle(3, lr_max=0.3, **kwargs)
+    else:
+        learn.fit(3, **kwargs)
+
+
+def outcome(learn: Learner, folder: Path) -> tuple[Any, ...]:
+    return ([p.detach().clone() for p in learn.model.parameters()], learn.avg_stats.history,
+            learn.recorder.losses, learn.recorder.hps, (folder / "history.csv").read_text())  # fmt: skip
+
+
+@pytest.mark.parametrize("kind, k", [("fit", 1), ("fit", 9), ("fit", 7), ("fit", 14), ("one_cycle", 11),
+                                     ("accumulation", 8), ("accumulation", 16)])  # fmt: skip
+def test_a_mid_epoch_checkpoint_resumes_bitwise(tmp_path, kind, k):
+    # k = 7 and 14 end the training of epochs 0 and 1 (7 batches each): resumed, the phase has no batch left.
+    # With accumulation, k = 8 and 16 leave a window open (3 batches of 8 samples close a window of 20).
+    accumulate = kind == "accumulation"
+    straight = mid_epoch_learner(tmp_path / "a", accumulate)
+    fit_kind(straight, kind)
+    killed = mid_epoch_learner(tmp_path / "b", accumulate)
+    # The job dies a batch after the checkpoint we resume from (for k = 7, after epoch 0's CSV row was written).
+    fit_kind(killed, kind, cbs=[SaveModel(path=tmp_path / "b" / "best.pt", every_n_batches=1), StopAfterBatch(k + 1)])
+    epoch, batch = divmod(k - 1, 7)
+    path = tmp_path / "b" / f"best_epoch{epoch}_batch{batch + 1}.pt"
+    state = torch.load(path, weights_only=True)
+    assert (state["epoch"], state["batch"], state["train_iter"]) == (epoch, batch + 1, k)
+    assert state["callbacks"]["avg_stats"]["train_sums"]["count"] == min(8 * (batch + 1), 50)  # the running sums
+    if accumulate:
+        assert state["callbacks"]["gradient_accumulation"]["window"]["n_window"] == 8 * ((batch + 1) % 3)
+    resumed = mid_epoch_learner(tmp_path / "b", accumulate)
+    tracer = Tracer()
+    fit_kind(resumed, kind, cbs=[SaveModel(path=tmp_path / "b" / "best.pt", every_n_batches=1), tracer], resume=path)
+    assert tracer.trace.count("before_batch") == 3 * 7 - k + (3 - epoch) * 2  # the rest of training, validations
+    got, want = outcome(resumed, tmp_path / "b"), outcome(straight, tmp_path / "a")
+    assert all(torch.equal(g, w) for g, w in zip(got[0], want[0]))
+    assert got[1:] == want[1:]
+
+
+class CountingDataset(torch.utils.data.Dataset):
+    def __init__(self, x: torch.Tensor, y: torch.Tensor):
+        self.x, self.y = x, y
+        self.loaded: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        self.loaded.append(i)
+        return self.x[i], self.y[i]
+
+
+def counting_learner(shuffle: bool, cbs: list[Callback] = ()) -> tuple[Learner, CountingDataset]:
+    torch.manual_seed(0)
+    x, y = torch.randn(40, 4, generator=torch.Generator().manual_seed(1)), torch.arange(40) % 2
+    data = CountingDataset(x, y)
+    generator = torch.Generator().manual_seed(3) if shuffle else None
+    train = DataLoader(data, batch_size=5, shuffle=shuffle, generator=generator)
+    learn = Learner(nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.2), nn.Linear(8, 2)), (train, None), F.cross_entropy,
+                    cbs=list(cbs))  # fmt: skip
+    learn.progress_bar.enabled = False
+    return learn, data
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_a_dataloader_is_positioned_without_loading_the_skipped_batches(tmp_path, shuffle):
+    straight, _ = counting_learner(shuffle)
+    straight.fit(2)
+    killed, _ = counting_learner(shuffle, [SaveModel("train_loss", path=tmp_path / "m.pt", every_n_batches=11)])
+    killed.fit(2, cbs=[StopAfterBatch(11)])
+    resumed, data = counting_learner(shuffle)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "cannot start at a batch" warning, and no other
+        resumed.fit(2, resume=tmp_path / "m_epoch1_batch3.pt", cbs=[SaveModel("train_loss", path=tmp_path / "n.pt")])
+    assert len(data.loaded) == 40 - 15 and len(set(data.loaded)) == 25  # the 3 batches done were not loaded
+    assert all(torch.equal(a, b) for a, b in zip(resumed.model.parameters(), straight.model.parameters()))
+    assert resumed.recorder.losses == straight.recorder.losses
+
+
+class OffsetLoader:
+    """A loader that starts at a batch itself: `iter_from(start)`, as loopkit's own loaders may."""
+
+    def __init__(self, batches: list[Any]):
+        self.batches, self.starts = batches, []
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def iter_from(self, start: int):
+        self.starts.append(start)
+        return iter(self.batches[start:])
+
+
+class PlainIterable:
+    """A loader that can only be iterated from the start (no length, no iter_from)."""
+
+    def __init__(self, batches: list[Any]):
+        self.batches, self.yielded = batches, 0
+
+    def __iter__(self):
+        for batch in self.batches:
+            self.yielded += 1
+            yield batch
+
+
+@pytest.mark.parametrize("loader", [OffsetLoader, PlainIterable])
+def test_a_loader_starts_itself_or_is_skipped_through_with_a_warning(tmp_path, loader):
+    x, y = make_data(24)
+    batches = [(x[i : i + 4], y[i : i + 4]) for i in range(0, 24, 4)]
+
+    def learner(cbs=()):
+        learn = Learner(tiny_model(), (loader(batches), None), F.cross_entropy, cbs=list(cbs))
+        learn.progress_bar.enabled = False
+        return learn
+
+    def save():
+        return SaveModel("train_loss", path=tmp_path / "m.pt", every_n_batches=8)
+
+    straight = learner()
+    straight.fit(2)
+    learner([save()]).fit(2, cbs=[StopAfterBatch(8)])
+    resumed = learner([save()])
+    if loader is OffsetLoader:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            resumed.fit(2, resume=tmp_path / "m_epoch1_batch2.pt")
+        assert resumed.train_dl.starts == [2]
+    else:
+        with pytest.warns(UserWarning, match=r"cannot start at a batch, so loopkit loads and drops the 2 batches"):
+            resumed.fit(2, resume=tmp_path / "m_epoch1_batch2.pt")
+        assert resumed.train_dl.yielded == 6  # the 2 skipped ones were loaded (and dropped), then the 4 left
+    assert all(torch.equal(a, b) for a, b in zip(resumed.model.parameters(), straight.model.parameters()))
+    assert resumed.recorder.losses == straight.recorder.losses
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"batch_size": 4}, r"batch size 5 then, 4 now"),
+    ({"n": 45}, r"samples 40 then, 45 now"),
+])  # fmt: skip
+def test_a_mid_epoch_checkpoint_with_another_loader_is_refused_before_anything_changes(tmp_path, change, match):
+    killed, _ = counting_learner(True, [SaveModel("train_loss", path=tmp_path / "m.pt", every_n_batches=3)])
+    killed.fit(2, cbs=[StopAfterBatch(3)])
+    x, y = torch.randn(change.get("n", 40), 4), torch.arange(change.get("n", 40)) % 2
+    tracer = Tracer()
+    learn = Learner(nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.2), nn.Linear(8, 2)),
+                    (DataLoader(TensorDataset(x, y), batch_size=change.get("batch_size", 5), shuffle=True), None),
+                    F.cross_entropy, cbs=[tracer])  # fmt: skip
+    learn.create_opt()  # fit makes it before reading the checkpoint
+    before = snapshot(learn)
+    with pytest.raises(ValueError, match=r"cannot resume from '.*m_epoch0_batch3.pt': it was saved mid-epoch.*" + match):
+        learn.fit(2, resume=tmp_path / "m_epoch0_batch3.pt")
+    assert tracer.trace == []
+    assert_same(snapshot(learn), before)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"every_n_batches": 0}, r"every_n_batches=0\): give an int >= 1"),
+    ({"every_n_batches": 2.5}, r"every_n_batches=2.5\)"),
+    ({"every_seconds": 0}, r"every_seconds=0\): give a number of seconds > 0"),
+    ({"every_seconds": float("nan")}, r"every_seconds=nan\)"),
+    ({"every_epoch": True, "keep_last": 0}, r"keep_last=0\)"),
+    ({"keep_best": -1}, r"keep_best=-1\)"),
+    ({"keep_last": 2}, r"keep_last=2\) keeps periodic checkpoints, and none are asked for"),
+])  # fmt: skip
+def test_save_model_refuses_bad_periods_and_counts_at_construction(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SaveModel(**kwargs)
+
+
+class FakeClock:
+    """Seconds that pass only when a callback says so: 0.4 s per training batch."""
+
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Tick(Callback):
+    order = -200  # before SaveModel reads the clock at after_batch
+
+    def __init__(self, clock: FakeClock):
+        self.clock = clock
+
+    def after_batch(self) -> None:
+        if self.training:
+            self.clock.now += 0.4
+
+
+def test_every_seconds_follows_the_injected_clock_and_names_say_epoch_and_batch(tmp_path):
+    clock = FakeClock()
+    learn = make_learner(n_train=4, default_cbs=True, cbs=[Tick(clock)])
+    learn.progress_bar.enabled = False
+    learn.fit(2, cbs=[SaveModel(path=tmp_path / "best.pt", every_seconds=1.0, clock=clock)])
+    # 0.4 s a batch: due at the 3rd batch after each save (1.2 s >= 1 s; 0.8 s is not).
+    assert sorted(p.name for p in tmp_path.glob("best_*")) == ["best_epoch0_batch3.pt", "best_epoch1_batch2.pt"]
+    assert torch.load(tmp_path / "best_epoch1_batch2.pt", weights_only=True)["train_iter"] == 6
+
+
+def test_retention_keeps_the_last_k_periodic_and_the_best_k_checkpoints(tmp_path):
+    scripted = [0.5, 0.9, 0.3, 0.6, 0.4]
+
+    class Script(Callback):
+        order = -10  # after AvgStats wrote the row, before SaveModel reads it
+
+        def after_epoch(self):
+            self.avg_stats.history[-1]["valid_loss"] = scripted[self.epoch]
+
+    save = SaveModel(path=tmp_path / "best.pt", every_epoch=True, every_n_batches=2, keep_last=3, keep_best=2)
+    learn = make_learner(n_train=3, default_cbs=True, cbs=[Script(), save])
+    learn.progress_bar.enabled = False
+    learn.fit(5)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    # Periodic saves: train_iter 2, 4, ... (every 2nd batch of 3 per epoch) and each epoch's end; the last 3 stay.
+    assert names == ["best.pt", "best_epoch2_valid_loss_0.3.pt", "best_epoch3.pt", "best_epoch4.pt",
+                     "best_epoch4_batch2.pt", "best_epoch4_valid_loss_0.4.pt"]  # fmt: skip
+    assert save.periodic == ["best_epoch3.pt", "best_epoch4_batch2.pt", "best_epoch4.pt"]
+    assert save.top == [(0.3, "best_epoch2_valid_loss_0.3.pt"), (0.4, "best_epoch4_valid_loss_0.4.pt")]
+    assert torch.load(tmp_path / "best.pt", weights_only=True)["epoch"] == 2
+
+
+def test_retention_deletes_old_files_only_after_the_new_one_is_complete(tmp_path, monkeypatch):
+    save = SaveModel("train_loss", path=tmp_path / "best.pt", every_n_batches=1, keep_last=2)
+    learn = make_learner(n_train=4, default_cbs=True, cbs=[save])
+    learn.progress_bar.enabled = False
+    write = checkpoint_module._write_atomically
+    calls = []
+
+    def failing_write(state, path):
+        calls.append(path.name)
+        if len(calls) == 4:  # the 4th periodic save dies mid-write
+            raise OSError("disk full")
+        write(state, path)
+
+    monkeypatch.setattr(checkpoint_module, "_write_atomically", failing_write)
+    with pytest.raises(OSError, match="disk full"):
+        learn.fit(1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best_epoch0_batch2.pt", "best_epoch0_batch3.pt"]
+
+
+def test_a_resumed_fit_continues_the_retention_lists(tmp_path):
+    def save():
+        return SaveModel("train_loss", path=tmp_path / "best.pt", every_n_batches=1, keep_last=2)
+
+    learn = make_learner(n_train=4, default_cbs=True, cbs=[save(), StopAfterBatch(6)])
+    learn.progress_bar.enabled = False
+    learn.fit(3)
+    resumed = make_learner(n_train=4, default_cbs=True, cbs=[save()])
+    resumed.progress_bar.enabled = False
+    resumed.fit(3, resume=tmp_path / "best_epoch1_batch2.pt")
+    assert sorted(p.name for p in tmp_path.glob("best_*")) == ["best_epoch2_batch3.pt", "best_epoch2_batch4.pt"]
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_a_tensor_loader_starts_the_interrupted_epoch_itself(tmp_path, shuffle):
+    x, y = torch.randn(40, 4, generator=torch.Generator().manual_seed(1)), torch.arange(40) % 2
+
+    def learner(cbs=()):
+        torch.manual_seed(0)
+        train = TensorLoader((x, y), bs=5, shuffle=shuffle, seed=3)
+        learn = Learner(nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.2), nn.Linear(8, 2)), (train, None),
+                        F.cross_entropy, cbs=list(cbs))  # fmt: skip
+        learn.progress_bar.enabled = False
+        return learn
+
+    straight = learner()
+    straight.fit(2)
+    learner([SaveModel("train_loss", path=tmp_path / "m.pt", every_n_batches=11)]).fit(2, cbs=[StopAfterBatch(11)])
+    resumed = learner([SaveModel("train_loss", path=tmp_path / "n.pt")])
+    starts = []
+    real = TensorLoader.iter_from
+    resumed.train_dl.iter_from = lambda start: starts.append(start) or real(resumed.train_dl, start)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # positioned by the loader itself: no "cannot start at a batch" warning
+        resumed.fit(2, resume=tmp_path / "m_epoch1_batch3.pt")
+    assert starts == [3]
+    assert all(torch.equal(a, b) for a, b in zip(resumed.model.parameters(), straight.model.parameters()))
+    assert resumed.recorder.losses == straight.recorder.losses
