@@ -10,6 +10,7 @@ the tests also use for their single-process references.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from loopkit.callbacks.distributed import shard_loader
 
 SIZES = {"equiv": (48, 16), "stats": (37, 23), "merge": (33, 5), "io": (40, 12), "stop": (40, 12), "error": (40, 12),
          "accum": (37, 12), "twice": (40, 12), "eval": (37, 23), "stop_epoch": (40, 12), "metrics": (37, 23),
-         "tensor": (37, 23)}  # fmt: skip
+         "tensor": (37, 23), "preempt": (40, 12)}  # fmt: skip
 
 
 def data(mode: str) -> tuple[TensorDataset, TensorDataset]:
@@ -116,6 +117,17 @@ class StopAfterEpoch(Callback):
             raise CancelFit
 
 
+class SignalOnRank(Callback):
+    """Send this process SIGTERM after training batch `at` (counted over the fit), on one rank only."""
+
+    def __init__(self, rank: int, at: int):
+        self.on_rank, self.at = rank, at
+
+    def after_batch(self) -> None:
+        if self.training and self.train_iter == self.at and self.learn.distributed.rank == self.on_rank:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
 class CountAllReduces(Callback):
     """Count DDP's gradient all-reduces with a communication hook (one bucket for these models)."""
 
@@ -196,6 +208,13 @@ def main(mode: str, out_dir: str) -> None:
         result.update(torch_params=[p.detach().clone() for p in torch_learn.model.parameters()],
                       torch_history=torch_learn.avg_stats.history, inp=inp, pred=pred, targ=targ, shards=shards,
                       stats=(stats.loss, stats.metrics, stats.count), train_dl=type(learn.train_dl).__name__)  # fmt: skip
+    elif mode == "preempt":  # SIGTERM reaches rank 1 alone in training batch 3: every rank stops there
+        from loopkit.callbacks import Preemption
+
+        preemption = Preemption(path=out / "preempted.pt")
+        learn = build("preempt", bs=4, distributed=True, cbs=[preemption, SignalOnRank(rank=1, at=3)])
+        learn.fit(3)
+        result.update(received=str(preemption.received), saved=str(preemption.saved))
     elif mode == "stop":
         learn = build(mode, bs=4, distributed=True, cbs=[RaiseOnRank(1, epoch=1, at=2, error=CancelFit), EarlyStopping(patience=9)])
         learn.fit(5)

@@ -6,6 +6,7 @@ Every launch has a timeout, so a hang fails the test instead of the CI run.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -173,6 +174,16 @@ def test_a_stop_decided_on_one_rank_in_after_epoch_ends_every_rank_after_the_sam
     # 2-epoch fit stopped by rank 0 after its last epoch ended without anyone waiting.
     assert rank0["n_started"] == rank1["n_started"] == (2, 2)
     assert len(rank0["history"]) == len(rank1["history"]) == 2
+
+
+def test_a_signal_to_one_rank_stops_every_rank_at_the_same_batch_with_one_checkpoint(tmp_path):
+    rank0, rank1 = launched("preempt", tmp_path)
+    assert rank1["received"] == str(int(signal.SIGTERM)) and rank0["received"] == "None"  # only rank 1 got it
+    assert rank0["train_iter"] == rank1["train_iter"] == 3  # both stopped after the batch it arrived in
+    assert rank0["saved"] == rank1["saved"] == str(tmp_path / "preempted.pt")
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("result")) == ["preempted.pt"]
+    assert torch.load(tmp_path / "preempted.pt", weights_only=True)["train_iter"] == 3
+    assert_same_params(rank0["params"], rank1["params"])
 
 
 def test_an_error_on_one_rank_ends_the_job_with_its_traceback(tmp_path):
