@@ -604,29 +604,40 @@ def test_a_fit_resumed_from_save_models_checkpoint_compares_against_the_saved_be
 # -- mid-epoch checkpoints, retention, positioning ------------------------------------------
 
 
-def run_trials(tmp_path: Path, env: dict[str, str], n_trials: int = 20, n_epochs: int = 3) -> None:
-    subprocess.run([sys.executable, "-m", "tests.callbacks.resume_job", "trials", str(tmp_path / "runs"), str(n_epochs),
-                    str(n_trials), "15"], cwd=ROOT, check=True, timeout=900, env={**os.environ, **env})  # fmt: skip
-    straight = torch.load(tmp_path / "runs" / "straight" / "out.pt", weights_only=True)
-    csv_text = (tmp_path / "runs" / "straight" / "history.csv").read_text()
+def start_trials(folder: Path, env: dict[str, str], n_trials: int, n_epochs: int) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "tests.callbacks.resume_job", "trials", str(folder), str(n_epochs),
+                             str(n_trials), "15"], cwd=ROOT, env={**os.environ, **env})  # fmt: skip
+
+
+def check_trials(folder: Path, n_trials: int) -> None:
+    straight = torch.load(folder / "straight" / "out.pt", weights_only=True)
+    csv_text = (folder / "straight" / "history.csv").read_text()
     for trial in range(n_trials):
-        folder = tmp_path / "runs" / f"trial{trial}"
-        resumed = torch.load(folder / "out.pt", weights_only=True)
-        where = (folder / "killed_at.txt").read_text().strip()
+        resumed = torch.load(folder / f"trial{trial}" / "out.pt", weights_only=True)
+        where = (folder / f"trial{trial}" / "killed_at.txt").read_text().strip()
         for got, want in zip(resumed["params"], straight["params"]):
             assert torch.equal(got, want), where  # bitwise
         assert resumed["history"] == straight["history"], where
         assert resumed["losses"] == straight["losses"] and resumed["hps"] == straight["hps"], where
-        assert (folder / "history.csv").read_text() == csv_text, where
+        assert (folder / f"trial{trial}" / "history.csv").read_text() == csv_text, where
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("env", [{}, {"RESUME_JOB_ONE_CYCLE": "1"}, {"RESUME_JOB_ACCUMULATE": "20"}],
-                         ids=["fit", "one_cycle", "accumulation"])  # fmt: skip
-def test_killed_at_a_random_batch_a_fresh_process_resumes_bitwise(tmp_path, env):
-    # 20 trials: a child checkpoints every batch and is SIGKILLed at a random point of a random batch;
-    # a fresh child resumes from the latest complete checkpoint and must equal the straight run.
-    run_trials(tmp_path, env)
+def test_killed_at_a_random_batch_a_fresh_process_resumes_bitwise(tmp_path):
+    # 20 trials per variant: a child checkpoints every batch and is SIGKILLed at a random point of a
+    # random batch; a fresh child resumes from the latest complete checkpoint and must equal the
+    # straight run. The three variants run side by side (each is one process at a time).
+    variants = {"fit": {}, "one_cycle": {"RESUME_JOB_ONE_CYCLE": "1"}, "accumulation": {"RESUME_JOB_ACCUMULATE": "20"}}
+    n_trials = 20
+    procs = {name: start_trials(tmp_path / name, env, n_trials, n_epochs=3) for name, env in variants.items()}
+    try:
+        for name, proc in procs.items():
+            assert proc.wait(timeout=900) == 0, name
+    finally:
+        for proc in procs.values():
+            proc.kill()
+    for name in variants:
+        check_trials(tmp_path / name, n_trials)
 
 
 class StopAfterBatch(Callback):
