@@ -1,4 +1,4 @@
-"""Figures for the plot methods of `Recorder` and `LRFindResult`, shared by both."""
+"""Figures for every plot method (Recorder, LRFindResult, ActivationStats, ClassificationInterpretation)."""
 
 from __future__ import annotations
 

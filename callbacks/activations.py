@@ -10,7 +10,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from ._figures import saved
+from ._plot import finish, new_figure
 from .hooks import Hook, HooksCallback, ModuleSpec
 
 
@@ -152,7 +152,7 @@ class ActivationStats(HooksCallback):
         `path` also saves it (PNG by its suffix).
         """
         self._check_recorded("plot_stats")
-        fig = Figure(figsize=(10, 4), layout="tight")
+        fig = new_figure(figsize=(10, 4))
         axes = fig.subplots(1, 2)
         iters = self.iters
         for ax, (title, values) in zip(axes, (("mean", self.means), ("std", self.stds))):
@@ -161,7 +161,7 @@ class ActivationStats(HooksCallback):
             ax.set_title(f"activation {title}")
             ax.set_xlabel("training batches")
         axes[0].legend()
-        return saved(fig, path)
+        return finish(fig, path)
 
     def plot_color_dim(self, path: str | Path | None = None) -> Figure:
         """Plot each layer's histogram of `|a|` over training, one panel per layer; return the figure.
@@ -175,7 +175,7 @@ class ActivationStats(HooksCallback):
         n = len(self.layers)
         cols = min(n, 4)
         rows = math.ceil(n / cols)
-        fig = Figure(figsize=(3.2 * cols, 2.6 * rows), layout="tight")
+        fig = new_figure(figsize=(3.2 * cols, 2.6 * rows))
         hists, iters = self.hists, self.iters
         for i, name in enumerate(self.layers):
             ax = fig.add_subplot(rows, cols, i + 1)
@@ -186,12 +186,12 @@ class ActivationStats(HooksCallback):
             ax.set_title(name)
             ax.set_xlabel("training batches")
             ax.set_ylabel("|activation|")
-        return saved(fig, path)
+        return finish(fig, path)
 
     def plot_dead(self, path: str | Path | None = None) -> Figure:
         """Plot the fraction of each layer's activations near zero over training; return the figure."""
         self._check_recorded("plot_dead")
-        fig = Figure(figsize=(6, 4), layout="tight")
+        fig = new_figure(figsize=(6, 4))
         ax = fig.add_subplot()
         fractions, iters = self.near_zero_fractions, self.iters
         for name in self.layers:
@@ -200,4 +200,4 @@ class ActivationStats(HooksCallback):
         ax.set_xlabel("training batches")
         ax.set_ylabel(f"fraction with |a| <= {self.near_zero:g}")
         ax.legend()
-        return saved(fig, path)
+        return finish(fig, path)

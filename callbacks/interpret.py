@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 
 from loopkit import Callback
 
-from ._dist import is_main_process
+from ._plot import finish, new_figure
 
 
 class TopLosses(NamedTuple):
@@ -127,7 +127,7 @@ class ClassificationInterpretation:
             matrix = matrix / matrix.sum(dim=1, keepdim=True).clamp(min=1)
         n = self.n_classes
         side = min(max(5.0, 0.5 * n + 2), 16.0)
-        fig = Figure(figsize=(side, side), layout="tight")
+        fig = new_figure(figsize=(side, side))
         ax = fig.add_subplot()
         image = ax.imshow(matrix.numpy(), cmap="Blues", vmin=0)
         fig.colorbar(image, ax=ax, shrink=0.8)
@@ -144,9 +144,7 @@ class ClassificationInterpretation:
                     value = float(matrix[a, p])
                     ax.text(p, a, f"{value:.2f}" if normalize else f"{int(value)}", ha="center", va="center",
                             color="white" if value > threshold else "black", fontsize=8)  # fmt: skip
-        if path is not None and is_main_process():
-            fig.savefig(path)
-        return fig
+        return finish(fig, path)
 
     def plot_top_losses(self, k: int = 9, path: str | Path | None = None) -> Figure:
         """Plot the `k` samples with the largest losses, largest first; return the figure.
@@ -167,7 +165,7 @@ class ClassificationInterpretation:
         top = self.top_losses(k)
         n_cols = math.ceil(math.sqrt(len(top.indices)))
         n_rows = math.ceil(len(top.indices) / n_cols)
-        fig = Figure(figsize=(3 * n_cols, 3 * n_rows + 0.4), layout="tight")
+        fig = new_figure(figsize=(3 * n_cols, 3 * n_rows + 0.4))
         fig.suptitle("predicted/actual / loss / probability of predicted")
         for panel, (loss, index) in enumerate(zip(top.values.tolist(), top.indices.tolist())):
             ax = fig.add_subplot(n_rows, n_cols, panel + 1)
@@ -175,9 +173,7 @@ class ClassificationInterpretation:
             pred, actual = int(self.preds[index]), int(self.targs[index])
             prob = float(self.probs[index, pred])
             ax.set_title(f"{self._name(pred)}/{self._name(actual)} / {loss:.2f} / {prob:.2f}", fontsize=10)
-        if path is not None and is_main_process():
-            fig.savefig(path)
-        return fig
+        return finish(fig, path)
 
 
 def _draw_sample(ax: Axes, sample: torch.Tensor) -> None:
