@@ -52,7 +52,7 @@ class Recorder(Callback):
     def _reset(self) -> None:
         self._pending: list[torch.Tensor] = []
         self._chunks: list[torch.Tensor] = []
-        self._n = 0  # batches recorded
+        self._n_folded = 0  # batches recorded in _chunks; _n adds the pending ones
         self._layout([], 0)
         self._paths: list[tuple[str, Any, str]] = []  # (dotted path, owner, attribute) a ParamScheduler sets
         self._path_starts: dict[str, array] = {}
@@ -81,31 +81,37 @@ class Recorder(Callback):
         self._path_starts = {name: array("q") for name, _, _ in self._paths}
         self._path_values = {name: array("d") for name, _, _ in self._paths}
 
+    @property
+    def _n(self) -> int:
+        # The number of batches recorded; derived, so recording a batch writes no attribute.
+        return self._n_folded + len(self._pending)
+
     def after_loss(self) -> None:
         learn = self.learn  # direct reads: this runs on every batch
         if learn.training:
             pending = self._pending
+            n = self._n_folded + len(pending)  # this batch's index in the record
             pending.append(learn.loss.detach())
-            if len(pending) >= _FOLD_EVERY:
-                self._fold()
             # One C-level getter per group; the values are unpacked only when a row changes.
             row = tuple(map(self._getter, learn.opt.param_groups))  # type: ignore[arg-type]  # set at before_fit
             if row != self._last_row:
-                self._store(row)
+                self._store(row, n)
             for name, owner, attr in self._paths:  # attributes scheduled by dotted path
                 value, values = getattr(owner, attr), self._path_values[name]
                 if not values or values[-1] != value:
-                    self._path_starts[name].append(self._n)
+                    self._path_starts[name].append(n)
                     values.append(value)
-            self._n += 1
+            if len(pending) >= _FOLD_EVERY:
+                self._fold()
 
     def _fold(self) -> None:
         # One stack per _FOLD_EVERY batches: a few bytes a batch kept, not a tensor object each.
         if self._pending:
             self._chunks.append(torch.stack(self._pending))
+            self._n_folded += len(self._pending)
             self._pending = []
 
-    def _store(self, row: tuple[Any, ...]) -> None:
+    def _store(self, row: tuple[Any, ...], n: int) -> None:
         self._last_row = row
         one_key, column = len(self._keys) == 1, 0
         for group_row in row:
@@ -115,7 +121,7 @@ class Recorder(Callback):
                     value = value[index]
                 values = self._values[column]
                 if not values or values[-1] != value:
-                    self._starts[column].append(self._n)
+                    self._starts[column].append(n)
                     values.append(value)
                 column += 1
 
@@ -139,14 +145,13 @@ class Recorder(Callback):
         """Restore what `state_dict` returned (or the per-batch rows older checkpoints hold)."""
         losses = state["losses"]
         losses = losses.detach().cpu() if isinstance(losses, torch.Tensor) else torch.tensor(losses, dtype=torch.float64)
-        self._pending, self._chunks, self._n = [], [losses] if len(losses) else [], 0
+        self._pending, self._chunks = [], [losses] if len(losses) else []
         if "rows" in state:  # a checkpoint from before the columns: replay its rows into the columns
             self._layout(self._keys, self._n_groups)
-            for row in state["rows"]:
+            for n, row in enumerate(state["rows"]):
                 row = tuple(tuple(r) if isinstance(r, list) else r for r in row)
                 if row != self._last_row:
-                    self._store(row)
-                self._n += 1
+                    self._store(row, n)
         else:
             keys = [(name, key, index) for name, key, index in state["keys"]]
             if keys:
@@ -155,7 +160,7 @@ class Recorder(Callback):
                 self._values = [array("d", v) for v in state["values"]]
             else:  # saved before any fit: nothing recorded, keep this fit's layout
                 self._layout(self._keys, self._n_groups)
-        self._n = len(losses)
+        self._n_folded = len(losses)
         self.epoch_ends, self.scheduled = list(state["epoch_ends"]), list(state.get("scheduled", []))
         paths = state.get("paths", {})
         self._path_starts = {name: array("q", starts) for name, (starts, _) in paths.items()}

@@ -58,7 +58,7 @@ class WeightedSums:
 
     def __init__(self, n_values: int, fold_every: int = 256) -> None:
         self.n_values, self.fold_every = n_values, fold_every
-        self.count = 0
+        self._folded_count = 0  # samples in _sums; count adds the pending ones
         self._columns: list[list[torch.Tensor | float]] = [[] for _ in range(n_values)]
         self._sizes: list[int] = []
         self._sums: torch.Tensor | None = None
@@ -72,18 +72,27 @@ class WeightedSums:
         sizes = self._sizes
         if not sizes and self._sums is None:
             check_values(values)
-        for column, value in zip(self._columns, values):
-            column.append(value.detach() if isinstance(value, torch.Tensor) else value)
+        if self.n_values == 1:  # the loss alone, on every batch without metrics: no loop
+            value = values[0]
+            self._columns[0].append(value.detach() if isinstance(value, torch.Tensor) else value)
+        else:
+            for column, value in zip(self._columns, values):
+                column.append(value.detach() if isinstance(value, torch.Tensor) else value)
         sizes.append(n)
-        self.count += n
         if len(sizes) >= self.fold_every:
             self._fold()
+
+    @property
+    def count(self) -> int:
+        """The number of samples added so far."""
+        return self._folded_count + sum(self._sizes)
 
     def _fold(self) -> None:
         if not self._sizes:
             return
         columns, sizes = self._columns, self._sizes
         self._columns, self._sizes = [[] for _ in range(self.n_values)], []
+        self._folded_count += sum(sizes)
         # The newest value's device: values and sums restored from a checkpoint come from the CPU.
         last = next((c[-1] for c in columns if isinstance(c[-1], torch.Tensor)), None)
         device = last.device if last is not None else torch.device("cpu")
@@ -129,7 +138,8 @@ class WeightedSums:
         if (len(columns) != sums.n_values or any(len(c) != len(sizes) for c in columns)
                 or (state["sums"] is not None and tuple(state["sums"].shape) != (sums.n_values,))):  # fmt: skip
             raise ValueError(f"the running sums do not fit {sums.n_values} value(s) per batch")
-        sums.count, sums._sizes, sums._sums = int(state["count"]), list(sizes), state["sums"]
+        sums._folded_count = int(state["count"]) - sum(sizes)
+        sums._sizes, sums._sums = list(sizes), state["sums"]
         sums._columns = [list(c) for c in columns]
         sums._restored = True
         return sums
@@ -403,9 +413,9 @@ class AvgStats(Callback):
         if self._check_metrics:
             self._check_metrics = False
             self._check_first_batch()
-        yb = learn.yb
-        first = yb[0] if yb else learn.xb[0]
-        n = first.shape[0] if isinstance(first, torch.Tensor) and first.ndim else batch_size(yb or learn.xb)
+        yb = learn.yb  # not empty: a batch with a loss has targets
+        first = yb[0]
+        n = first.shape[0] if type(first) is torch.Tensor and first.ndim else batch_size(yb)
         if not self._with_metrics:
             self._sums.add((learn.loss,), n)  # type: ignore[union-attr]  # set at before_<phase>
             return

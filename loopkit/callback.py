@@ -77,12 +77,12 @@ class Callback:
         return getattr(learn, attr)
 
     def __setattr__(self, attr: str, value: Any) -> None:
-        learn = self.__dict__.get("learn")
+        own = self.__dict__  # an attribute the callback already has is set at once (the hot path)
         if (
-            learn is not None
-            and attr not in self.__dict__
+            attr not in own
+            and attr[0] != "_"
+            and (learn := own.get("learn")) is not None
             and attr in learn.__dict__
-            and not attr.startswith("_")
         ):
             warnings.warn(
                 f"{type(self).__name__} sets self.{attr}, which shadows the learner attribute "

@@ -190,6 +190,8 @@ class Learner:
         All are checked before any is added, so a bad one leaves the learner unchanged.
         """
         new = list(_flatten(cbs))
+        if not new:
+            return self
         names: dict[str, Callback] = dict(self._by_name)
         for cb in new:
             if not isinstance(cb, Callback):
@@ -219,7 +221,10 @@ class Learner:
 
     def remove_cbs(self, *cbs: Callback | type[Callback] | Iterable[Callback]) -> Learner:
         """Remove callbacks given as instances, or every callback of a given class."""
-        for cb in _flatten(cbs):
+        cbs = tuple(_flatten(cbs))
+        if not cbs:
+            return self
+        for cb in cbs:
             if isinstance(cb, type):
                 found = [c for c in self.cbs if isinstance(c, cb)]
             else:
@@ -294,6 +299,9 @@ class Learner:
 
     def _split_batch(self) -> None:
         batch, n_inp = self.batch, self.n_inp
+        if type(batch) is tuple and len(batch) > n_inp:  # the usual batch: a tuple of inputs and targets
+            self.xb, self.yb = batch[:n_inp], batch[n_inp:]
+            return
         if isinstance(batch, torch.Tensor) and n_inp == 1 and self.evaluating:
             batch = self.batch = (batch,)  # unlabelled data: a bare tensor of inputs
         needs_targets = not self.evaluating or self._evaluation == "validate"
