@@ -6,7 +6,7 @@ from .checkpoint import SaveModel
 from .compile import Compile
 from .csvlog import CSVLogger
 from .debug import FirstBatches, OverfitBatches, ShortEpoch
-from .device import Device, pick_device, to_device
+from .device import Device, Prefetcher, pick_device, to_device
 from .distributed import Distributed, ShardBatchSampler
 from .evaluation import GatherPreds, per_sample_loss_func
 from .interpret import ClassificationInterpretation, TopLosses
@@ -65,6 +65,7 @@ __all__ = [
     "ParamScheduler",
     "PhaseStats",
     "Preemption",
+    "Prefetcher",
     "ProgressBar",
     "Recorder",
     "SaveModel",

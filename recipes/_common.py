@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import resource
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -123,3 +125,26 @@ def save_outputs(learn: Learner, out: Path, sched: bool = False, also: Sequence[
     torch.save({k: v.cpu() for k, v in learn.model.state_dict().items()}, out / "model.pt")
     files = ["metrics.csv", "loss.png", *(["sched.png"] if sched else []), confusion, "model.pt", *also]
     return report(final, out, files)
+
+
+def rss_bytes() -> int:
+    """Return this process's resident set size now (Linux), or 0 where it can't be read."""
+    statm = Path("/proc/self/statm")
+    if not statm.exists():
+        return 0
+    return int(statm.read_text().split()[1]) * resource.getpagesize()
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's peak RSS to its current RSS (Linux >= 4.0); return whether it could."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def peak_rss_bytes() -> int:
+    """Return this process's peak resident set size since start, or since `reset_peak_rss`."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -36,6 +35,7 @@ from torch import nn
 
 from loopkit import Learner
 from loopkit.callbacks import GradientAccumulation, pick_device
+from loopkit.recipes._common import peak_rss_bytes, reset_peak_rss, rss_bytes
 
 N_SAMPLES, BATCH_SIZE, WIDTH, DEPTH, KS, EPOCHS = 32_768, 8_192, 128, 16, (2, 4, 8), 3
 
@@ -54,29 +54,6 @@ def make_batches(n_samples: int, bs: int, width: int, device: torch.device) -> l
     x = torch.randn(n_samples, width, generator=gen).to(device)
     y = torch.randint(0, 10, (n_samples,), generator=gen).to(device)
     return list(zip(x.split(bs), y.split(bs)))
-
-
-def rss_bytes() -> int:
-    """Return this process's resident set size now (Linux), or 0 where it can't be read."""
-    statm = Path("/proc/self/statm")
-    if not statm.exists():
-        return 0
-    return int(statm.read_text().split()[1]) * resource.getpagesize()
-
-
-def reset_peak_rss() -> bool:
-    """Reset this process's peak RSS to its current RSS (Linux >= 4.0); return whether it could."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
-
-
-def peak_rss_bytes() -> int:
-    """Return this process's peak resident set size since start, or since `reset_peak_rss`."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
 
 
 def worker(args: argparse.Namespace) -> dict[str, float]:

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -38,6 +37,7 @@ from torch import nn
 
 from loopkit import Learner
 from loopkit.callbacks import ParamScheduler, Recorder, one_cycle_scheds
+from loopkit.recipes._common import peak_rss_bytes, reset_peak_rss, rss_bytes
 
 N_BATCHES, BATCH_SIZE = 200_000, 8
 CONFIGURATIONS = {
@@ -60,29 +60,6 @@ class Repeat:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for _ in range(self.n):
             yield self.batch
-
-
-def rss_bytes() -> int:
-    """Return this process's resident set size now (Linux), or 0 where it can't be read."""
-    statm = Path("/proc/self/statm")
-    if not statm.exists():
-        return 0
-    return int(statm.read_text().split()[1]) * resource.getpagesize()
-
-
-def reset_peak_rss() -> bool:
-    """Reset this process's peak RSS to its current RSS (Linux >= 4.0); return whether it could."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
-
-
-def peak_rss_bytes() -> int:
-    """Return this process's peak resident set size since start, or since `reset_peak_rss`."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
 
 
 def worker(recorder: bool, one_cycle: bool, n_batches: int) -> dict[str, float]:

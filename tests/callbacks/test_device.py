@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from loopkit import Callback, Learner
-from loopkit.callbacks import Device, pick_device, to_device
+from loopkit.callbacks import Device, Prefetcher, pick_device, to_device
 from tests.conftest import make_data, tiny_model
 
 Pair = namedtuple("Pair", ["image", "label"])
@@ -161,3 +161,122 @@ def test_fit_on_cuda_from_a_pinned_loader_matches_the_cpu_fit():
         assert next(learn.model.parameters()).device.type == device
         results.append(learn.model.weight.detach().cpu())
     torch.testing.assert_close(results[0], results[1], rtol=1e-4, atol=1e-5)
+
+
+class Wrap(Callback):
+    """Wrap each phase's loader in a Prefetcher whose moves are logged, as Device does on CUDA."""
+
+    order = -90
+
+    def __init__(self, log):
+        self.log = log
+
+    def start(self, batch):
+        self.log.append(("start", int(batch[0][0, 0])))
+        return batch
+
+    def finish(self, handle):
+        self.log.append(("finish", int(handle[0][0, 0])))
+        return handle
+
+    def before_train(self):
+        self.learn.dl = Prefetcher(self.learn.dl, self.start, self.finish)
+
+    def after_pred(self):
+        self.log.append(("step", int(self.learn.xb[0][0, 0])))
+
+
+def numbered_batches(n):
+    # Batch k's first input is k, so the log names batches.
+    return [(torch.full((2, 4), float(k)), torch.zeros(2, dtype=torch.long)) for k in range(n)]
+
+
+def test_prefetcher_starts_each_copy_before_the_previous_batch_trains():
+    log = []
+    learn = Learner(tiny_model(), (numbered_batches(3), None), F.cross_entropy, default_cbs=False, cbs=[Wrap(log)])
+    learn.fit(1)
+    assert log == [("start", 0), ("finish", 0), ("start", 1), ("step", 0),
+                   ("finish", 1), ("start", 2), ("step", 1),
+                   ("finish", 2), ("step", 2)]  # fmt: skip
+
+
+def test_prefetcher_keeps_order_length_and_starts_mid_epoch():
+    batches = numbered_batches(5)
+    log = []
+    fetch = Prefetcher(batches, lambda b: log.append("start") or b, lambda h: h)
+    assert len(fetch) == 5 and [int(b[0][0, 0]) for b in fetch] == [0, 1, 2, 3, 4]
+    assert [int(b[0][0, 0]) for b in fetch.iter_from(3)] == [3, 4]
+    assert log == ["start"] * 7
+    assert list(Prefetcher([], lambda b: b, lambda h: h)) == []
+
+
+def test_prefetched_fit_resumes_mid_epoch_exactly(tmp_path):
+    from loopkit.callbacks import SaveModel
+
+    from loopkit import CancelFit
+
+    x, y = make_data(48)
+    x[:, 0] = torch.arange(48) // 8  # batch k's first input is k, for the log
+    batches = list(zip(x.split(8), y.split(8)))  # 6 batches an epoch
+
+    class Die(Callback):  # the job dies a batch after the checkpoint
+        def after_batch(self):
+            if self.learn.train_iter == 5:
+                raise CancelFit
+
+    def learner():
+        torch.manual_seed(0)
+        learn = Learner(tiny_model(), (batches, None), F.cross_entropy, lr=0.1)
+        learn.progress_bar.enabled = False
+        return learn
+
+    whole = learner()
+    whole.fit(2, cbs=[Wrap([])])
+    part = learner()
+    saver = SaveModel("train_loss", path=tmp_path / "m.pt", every_n_batches=4)
+    part.fit(2, cbs=[Wrap([]), saver, Die()])
+    log = []
+    resumed = learner()
+    resumed.fit(2, cbs=[Wrap(log), SaveModel("train_loss", path=tmp_path / "m.pt", every_n_batches=4)],
+                resume=tmp_path / "m_epoch0_batch4.pt")  # fmt: skip
+    assert [k for event, k in log if event == "step"] == [4, 5, 0, 1, 2, 3, 4, 5]
+    assert torch.equal(resumed.model.weight, whole.model.weight)
+
+
+def test_device_wraps_loaders_only_on_cuda():
+    seen = []
+
+    class Look(Callback):
+        def before_batch(self):
+            seen.append(self.learn.dl)
+
+    batches = numbered_batches(2)
+    learn = Learner(tiny_model(), (batches, batches), F.cross_entropy, default_cbs=False, cbs=[Device("cpu"), Look()])
+    learn.fit(1)
+    assert all(dl is batches for dl in seen) and len(seen) == 4
+    assert repr(Device("cpu", prefetch=False)) == "Device('cpu', prefetch=False)"
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_prefetched_cuda_fit_equals_the_unprefetched_one_and_copies_on_the_side_stream():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    x, y = make_data(256)
+    weights, streams = [], []
+    for prefetch in (False, True):
+        dl = DataLoader(TensorDataset(x, y), batch_size=16, pin_memory=True)
+        torch.manual_seed(0)
+        learn = Learner(tiny_model(), (dl, dl), F.cross_entropy, lr=0.1, default_cbs=False,
+                        cbs=[Device("cuda", prefetch=prefetch)])  # fmt: skip
+
+        class Seen(Callback):
+            def before_batch(self):
+                streams.append((prefetch, isinstance(self.learn.dl, Prefetcher)))
+
+        learn.fit(2, cbs=[Seen()])
+        torch.cuda.synchronize()
+        weights.append(learn.model.weight.detach().cpu())
+    assert torch.equal(weights[0], weights[1])
+    assert {wrapped for prefetch, wrapped in streams if prefetch} == {True}
+    assert {wrapped for prefetch, wrapped in streams if not prefetch} == {False}
