@@ -54,7 +54,7 @@ if TYPE_CHECKING:
 
 Batch = tuple[Any, ...] | list[Any]
 OptFunc = Callable[..., torch.optim.Optimizer]
-Metric = Callable[..., torch.Tensor]
+Metric = Any  # a function f(pred, *yb) -> tensor, an object with update/compute/reset, or a (name, metric) pair
 
 _STATE_DEFAULTS: dict[str, Any] = dict(
     n_epochs=0, start_epoch=0, start_iter=0, epoch=0, training=False, dl=None, iter=0, n_iter=None, train_iter=0,

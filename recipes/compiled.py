@@ -11,6 +11,7 @@ inflate; `--clock wall` uses wall-clock time. Compile seconds are always wall ti
 
     python recipes/compiled.py            # full run, a minute or two on one CPU core
     python recipes/compiled.py --quick    # fewer repeats, for a smoke test
+    python recipes/compiled.py --device cuda   # on a GPU
 """
 
 from __future__ import annotations
@@ -30,14 +31,17 @@ from loopkit.recipes.cnn import make_cnn
 BATCH_SIZE, REPEATS, LR = 64, 7, 0.05
 
 
-def make_learner(compiled: bool, bs: int, backend: str) -> Learner:
-    """Return a quiet learner for the CNN on the digits' training split, compiled or not."""
+def make_learner(compiled: bool, bs: int, backend: str, device: torch.device) -> Learner:
+    """Return a quiet learner for the CNN on the digits' training split, compiled or not.
+
+    On a GPU the images are put there once, so every batch is made there.
+    """
     data = digits()
     torch.manual_seed(0)
     model = make_cnn(data.train[0].shape[1], len(data.classes))
-    dls = (TensorLoader(data.train, bs=bs, shuffle=True), None)
+    dls = (TensorLoader(tuple(t.to(device) for t in data.train), bs=bs, shuffle=True), None)
     cbs = [Compile(backend=backend)] if compiled else []
-    learn = Learner(model, dls, F.cross_entropy, lr=LR, cbs=cbs,
+    learn = Learner(model, dls, F.cross_entropy, lr=LR, cbs=cbs, device=None if device.type == "cpu" else device,
                     opt_func=lambda params, lr: torch.optim.SGD(params, lr=lr, momentum=0.9))  # fmt: skip
     learn.progress_bar.enabled = False
     return learn
@@ -51,13 +55,18 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu")
     parser.add_argument("--backend", default="inductor", help="torch.compile backend (default: %(default)s)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (the clock is then wall time, synchronized)")
     parser.add_argument("--quick", action="store_true", help="2 repeats")
     args = parser.parse_args(argv)
     if args.quick:
         args.repeats = 2
+    device = torch.device(args.device)
     torch.set_num_threads(args.threads)
-    clock = time.thread_time if args.clock == "cpu" and args.threads == 1 else time.perf_counter
-    eager, compiled = make_learner(False, args.bs, args.backend), make_learner(True, args.bs, args.backend)
+    on_cpu_thread = args.clock == "cpu" and args.threads == 1 and device.type == "cpu"
+    clock = time.thread_time if on_cpu_thread else time.perf_counter
+    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
+    eager = make_learner(False, args.bs, args.backend, device)
+    compiled = make_learner(True, args.bs, args.backend, device)
     n_batches = len(eager.train_dl)  # type: ignore[arg-type]
     start = time.perf_counter()
     compiled.fit(1)  # generates the code: forward and backward of the training graph
@@ -67,15 +76,17 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     walls: list[float] = []
     for _ in range(args.repeats):
         for name, learn in (("eager", eager), ("compiled", compiled)):
+            sync()
             start, wall = clock(), time.perf_counter()
             learn.fit(1)
+            sync()
             times[name].append((clock() - start) / n_batches * 1e6)
             if name == "compiled":
                 walls.append(time.perf_counter() - wall)
     medians = {name: statistics.median(t) for name, t in times.items()}
     compile_s = first_epoch - statistics.median(walls)
     print(f"torch {torch.__version__}, python {platform.python_version()}, {platform.machine()}, "
-          f"threads {torch.get_num_threads()}, device cpu, backend {args.backend}, clock {clock.__name__}")
+          f"threads {torch.get_num_threads()}, device {device}, backend {args.backend}, clock {clock.__name__}")
     print(f"{n_batches} batches of {args.bs} (8x8 digits), median of {args.repeats} interleaved epochs")
     print(f"compile: {compile_s:.1f} s (first compiled epoch {first_epoch:.1f} s wall)")
     print(f"{'contender':<12}{'µs/batch':>10}{'ratio':>8}")
