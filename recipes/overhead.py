@@ -8,13 +8,15 @@ Two workloads by default, each one training epoch on synthetic data with plain S
 (`cnn`, a small convolutional net on 28x28 images, is there for a GPU:
 `--workload cnn --device cuda`.) In each, a raw loop and loopkit configured several
 ways train the same model with the same optimizer on batches built once up front, so
-the figures measure the loop, not data loading. The contenders run one epoch each per
-trial, in a rotating order, and a contender's cost over the raw loop is the median
-over trials of its time minus the raw loop's time in the same trial: drift on a shared
-machine hits both sides of each difference alike. The rows `+ AvgStats`, `+ Recorder`
-and `+ ProgressBar` add one callback to the bare loop (only `TrainEval`), and the line
-under the table is each callback's cost per batch: that row minus the bare loop, again
-a median of per-trial differences. The bar writes to nowhere.
+the figures measure the loop, not data loading. In each trial every loopkit contender
+runs one epoch right next to one epoch of the raw loop, in an order that alternates
+between trials, and its cost over the raw loop ("µs over raw") is the median over
+trials of the difference of the two: drift on a shared machine hits both epochs of a
+pair alike. "±" is that median's standard error (from the spread of the differences);
+a cost within two of it of zero is not told apart from zero. The line under the table
+is each callback's cost per batch: the bare loop (only `TrainEval`) with that one
+callback added, against the bare loop, measured the same way. The bar writes to
+nowhere. "µs/batch" is the median of a contender's epochs.
 
 On the `mlp` workload two more rows load the same samples end to end, shuffled each
 epoch: the raw loop over a torch `DataLoader` (the default loader, which collates each
@@ -32,7 +34,9 @@ with the device synchronized around each epoch on CUDA; `--clock wall` forces th
 from __future__ import annotations
 
 import argparse
+import math
 import platform
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -138,52 +142,87 @@ def contenders(work: Workload, device: torch.device, end_to_end: bool) -> dict[s
     return runs
 
 
+def baseline(name: str) -> str | None:
+    """Return what contender `name` is measured against: None for the two raw loops."""
+    if name in (RAW, RAW_DATALOADER):
+        return None
+    if name == LOOPKIT_TENSORLOADER:
+        return RAW_DATALOADER
+    return BARE if name in PER_CALLBACK else RAW
+
+
 def measure(runs: dict[str, Callable[[], None]], n_batches: int, trials: int,
-            clock: Callable[[], float], sync: Callable[[], None]) -> dict[str, list[float]]:
-    """Return each contender's µs per batch in every trial (one epoch each, in a rotating order)."""
+            clock: Callable[[], float], sync: Callable[[], None]) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Return each contender's µs per batch in every trial, and its differences with its baseline.
+
+    In a trial each contender runs one epoch right next to an epoch of its `baseline`,
+    the two in an order that alternates from trial to trial. The difference of two
+    adjacent epochs cancels the drift of a shared machine, which comparing separate
+    minima or medians does not.
+    """
+
+    def timed(name: str) -> float:
+        sync()
+        start = clock()
+        runs[name]()
+        sync()
+        return (clock() - start) / n_batches * 1e6
+
     for run in runs.values():  # warm-up: allocator, first optimizer step, kernels
         run()
-    names = list(runs)
-    times: dict[str, list[float]] = {name: [] for name in names}
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    over: dict[str, list[float]] = {name: [] for name in runs if baseline(name) is not None}
     for trial in range(trials):
-        for name in names[trial % len(names):] + names[: trial % len(names)]:
-            sync()
-            start = clock()
-            runs[name]()
-            sync()
-            times[name].append((clock() - start) / n_batches * 1e6)
-    return times
+        for name in runs:
+            base = baseline(name)
+            if base is None:
+                continue
+            order = (name, base) if trial % 2 else (base, name)
+            pair = {contender: timed(contender) for contender in order}
+            times[name].append(pair[name])
+            times[base].append(pair[base])
+            over[name].append(pair[name] - pair[base])
+    return times, over
 
 
-def _over(times: dict[str, list[float]], name: str, base: str) -> float:
-    return min(times[name]) - min(times[base])
+def _standard_error(values: list[float]) -> float:
+    # Of the median, from the interquartile range: sigma ~ IQR / 1.349, and the median's
+    # standard error ~ 1.253 sigma / sqrt(n). nan with fewer than two values.
+    if len(values) < 2:
+        return math.nan
+    q1, _, q3 = statistics.quantiles(values)
+    return 1.253 * (q3 - q1) / 1.349 / math.sqrt(len(values))
 
 
-def report(name: str, work: Workload, times: dict[str, list[float]], n_batches: int) -> dict[str, float]:
-    """Print one workload's table; return each contender's median µs per batch."""
-    medians = {contender: min(t) for contender, t in times.items()}
+def report(name: str, work: Workload, times: dict[str, list[float]], over: dict[str, list[float]],
+           n_batches: int) -> dict[str, dict[str, float]]:
+    """Print one workload's table; return each contender's median µs per batch and its cost over its baseline."""
+    medians = {contender: statistics.median(t) for contender, t in times.items()}
+    extra = {contender: statistics.median(d) for contender, d in over.items()}
+    error = {contender: _standard_error(d) for contender, d in over.items()}
     raw = medians[RAW]
-    print(f"\nworkload {name}: {work.describe}, {n_batches} batches of {work.bs}, "
-          f"median of {len(times[RAW])} trials")  # fmt: skip
-    print(f"{'contender':<31}{'µs/batch':>10}{'ratio':>8}{'µs over raw':>13}")
+    print(f"\nworkload {name}: {work.describe}, {n_batches} batches of {work.bs}, {len(over[BARE])} trials")
+    print(f"{'contender':<31}{'µs/batch':>10}{'ratio':>8}{'µs over raw':>13}{'±':>7}")
     for contender, value in medians.items():
-        base = RAW_DATALOADER if contender == LOOPKIT_TENSORLOADER else RAW
-        over = "" if contender in (RAW, RAW_DATALOADER) else f"{_over(times, contender, base):>13.1f}"
-        print(f"{contender:<31}{value:>10.1f}{value / raw:>8.3f}{over}")
-    costs = ", ".join(f"{cb} {_over(times, row, BARE):.1f}" for row, cb in PER_CALLBACK.items())
-    print(f"µs per batch over the bare loop: {costs}")
+        if contender not in PER_CALLBACK:
+            cost = f"{extra[contender]:>13.1f}{error[contender]:>7.1f}" if contender in extra else ""
+            print(f"{contender:<31}{value:>10.1f}{value / raw:>8.3f}{cost}")
+    costs = ", ".join(f"{cb} {extra[row]:.1f} ± {error[row]:.1f}" for row, cb in PER_CALLBACK.items())
+    print(f"µs per batch each callback adds to the bare loop: {costs}")
     if LOOPKIT_TENSORLOADER in medians:
         speedup = medians[RAW_DATALOADER] / medians[LOOPKIT_TENSORLOADER]
         print(f"end to end: loopkit over a TensorLoader is {speedup:.2f}x as fast as the raw loop over a DataLoader")
-    print(f"throughput of loopkit (default callbacks, no bar): {raw / medians[DEFAULT]:.3f} of the raw loop's")
-    return medians
+    throughput = raw / (raw + extra[DEFAULT])
+    print(f"throughput of loopkit (default callbacks, no bar): {throughput:.3f} of the raw loop's")
+    return {"per_batch": medians, "over_baseline": extra}
 
 
-def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
-    """Run the benchmark and print a table per workload; return their median µs per batch."""
+def main(argv: list[str] | None = None) -> dict[str, dict[str, dict[str, float]]]:
+    """Run the benchmark and print a table per workload; return their figures (see `report`)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workload", choices=[*WORKLOADS, "both"], default="both", help="both: mlp and tiny")
     parser.add_argument("--trials", type=int, default=15)
+    parser.add_argument("--samples", type=int, default=None, help="samples an epoch (default: the workload's)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu")
@@ -200,11 +239,12 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     figures = {}
     for name in ["mlp", "tiny"] if args.workload == "both" else [args.workload]:
         work = WORKLOADS[name]
-        if args.quick:
-            work = Workload(work.describe, work.make_model, work.shape, work.bs, work.n_samples // 10)
+        if args.quick or args.samples:
+            n_samples = args.samples or work.n_samples // 10
+            work = Workload(work.describe, work.make_model, work.shape, work.bs, n_samples)
         n_batches = -(-work.n_samples // work.bs)
         runs = contenders(work, device, end_to_end=name == "mlp")
-        figures[name] = report(name, work, measure(runs, n_batches, trials, clock, sync), n_batches)
+        figures[name] = report(name, work, *measure(runs, n_batches, trials, clock, sync), n_batches)
     return figures
 
 
