@@ -15,6 +15,7 @@ from loopkit import Callback
 
 from ._hypers import hyper_keys, resolve_path
 from ._plot import finish, new_figure
+from .stats import kept
 
 _FOLD_EVERY = 256  # batches whose losses are stacked into one tensor, as AvgStats folds its sums
 
@@ -38,8 +39,10 @@ class Recorder(Callback):
     callback of yours that cancels a batch at `after_loss` needs an order below 0
     for that batch to go unrecorded.
 
-    Losses stay on the device while training, folded every 256 batches into one
-    tensor; reading `losses` syncs once and moves them to the host. A
+    Losses on a GPU (or any device but the CPU) stay there while training, folded
+    every 256 batches into one tensor; reading `losses` syncs once and moves them to
+    the host. CPU losses are read as numbers as they come (`stats.kept`: there is no
+    device to wait for) and folded into a tensor of the loss's dtype. A
     hyper-parameter's value is stored only when it changes (its batch index and
     the value, 16 bytes), and `hps` expands the runs to one value per batch: a
     long fit keeps about 4 bytes a batch (a float32 loss), plus 16 for each value
@@ -50,7 +53,8 @@ class Recorder(Callback):
         self._reset()
 
     def _reset(self) -> None:
-        self._pending: list[torch.Tensor] = []
+        self._pending: list[torch.Tensor | float] = []
+        self._pending_dtype = torch.float32
         self._chunks: list[torch.Tensor] = []
         self._n_folded = 0  # batches recorded in _chunks; _n adds the pending ones
         self._layout([], 0)
@@ -91,7 +95,10 @@ class Recorder(Callback):
         if learn.training:
             pending = self._pending
             n = self._n_folded + len(pending)  # this batch's index in the record
-            pending.append(learn.loss.detach())
+            loss = learn.loss
+            if not pending:
+                self._pending_dtype = loss.dtype  # the dtype to fold numbers kept from CPU losses into
+            pending.append(kept(loss))
             # One C-level getter per group; the values are unpacked only when a row changes.
             row = tuple(map(self._getter, learn.opt.param_groups))  # type: ignore[arg-type]  # set at before_fit
             if row != self._last_row:
@@ -106,8 +113,10 @@ class Recorder(Callback):
 
     def _fold(self) -> None:
         # One stack per _FOLD_EVERY batches: a few bytes a batch kept, not a tensor object each.
-        if self._pending:
-            self._chunks.append(torch.stack(self._pending))
+        pending = self._pending
+        if pending:
+            numbers = isinstance(pending[0], float)
+            self._chunks.append(torch.tensor(pending, dtype=self._pending_dtype) if numbers else torch.stack(pending))
             self._n_folded += len(self._pending)
             self._pending = []
 

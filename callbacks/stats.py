@@ -46,10 +46,21 @@ def batch_size(items: Any) -> int:
     raise TypeError(f"cannot tell the batch size of a {type(items).__name__}; yield tensors from the loader.")
 
 
+def kept(value: torch.Tensor) -> torch.Tensor | float:
+    """Return what a callback keeps of a per-batch scalar tensor until it folds its record.
+
+    A CPU tensor is read as a float at once: on the CPU there is no device to wait
+    for, and a float costs less to keep than a tensor. A tensor on any other device
+    is detached and kept there, to be read with the rest once per phase, so that no
+    batch waits for the device.
+    """
+    return value.item() if value.is_cpu else value.detach()
+
+
 class WeightedSums:
     """Sums of per-batch means weighted by batch size, kept on the device.
 
-    `add(values, n)` only detaches and appends (no arithmetic, no host sync);
+    `add(values, n)` only appends what `kept` returns (no arithmetic, no device sync);
     every `fold_every` batches the pending values are folded into running sums
     with one stack and one weighted reduction. `totals()` returns
     `[count, sum_0, sum_1, ...]` as one tensor, and `means(totals)` turns it
@@ -74,10 +85,10 @@ class WeightedSums:
             check_values(values)
         if self.n_values == 1:  # the loss alone, on every batch without metrics: no loop
             value = values[0]
-            self._columns[0].append(value.detach() if isinstance(value, torch.Tensor) else value)
+            self._columns[0].append(kept(value) if isinstance(value, torch.Tensor) else value)
         else:
             for column, value in zip(self._columns, values):
-                column.append(value.detach() if isinstance(value, torch.Tensor) else value)
+                column.append(kept(value) if isinstance(value, torch.Tensor) else value)
         sizes.append(n)
         if len(sizes) >= self.fold_every:
             self._fold()
@@ -104,6 +115,9 @@ class WeightedSums:
         dtype = torch.float32 if device.type == "mps" else torch.float64
         stacked = []
         for column in columns:
+            if not any(isinstance(v, torch.Tensor) for v in column):  # numbers (kept from CPU tensors)
+                stacked.append(torch.tensor(column, dtype=dtype, device=device))
+                continue
             if not all(isinstance(v, torch.Tensor) for v in column):
                 column = [torch.as_tensor(v, device=device) for v in column]
             stacked.append(torch.stack(column).reshape(len(sizes)).to(dtype))  # type: ignore[arg-type]

@@ -113,7 +113,16 @@ def test_batch_size_of_nested_and_plain_items():
 
 
 def count_syncs(monkeypatch) -> dict[str, int]:
-    """Count the Tensor methods that copy to the host (patched for this test only)."""
+    """Count the Tensor methods that copy to the host (patched for this test only).
+
+    The callbacks keep CPU values as numbers read at once (`stats.kept`: on the CPU a
+    read waits for nothing); here they keep every value as a tensor, as they do on a
+    GPU, so that a read the callbacks would make there shows in the counts.
+    """
+    from loopkit.callbacks import recorder, stats
+
+    for module in (stats, recorder):
+        monkeypatch.setattr(module, "kept", torch.Tensor.detach)
     counts = {"item": 0, "cpu": 0, "tolist": 0, "numpy": 0, "__float__": 0, "__bool__": 0}
     for name in counts:
         original = getattr(torch.Tensor, name)
@@ -136,6 +145,39 @@ def test_default_callbacks_sync_once_per_phase_not_per_batch(monkeypatch, n_batc
     counts = count_syncs(monkeypatch)
     learn.fit(3)
     assert sum(counts.values()) <= 2 * 3, counts  # one read per phase, 2 phases, 3 epochs
+
+
+def test_on_the_cpu_losses_are_kept_as_numbers_with_the_same_figures(monkeypatch):
+    from loopkit.callbacks import recorder, stats
+
+    x, y = make_data(60)
+    batches = batches_of(x, y, [7, 13, 4, 16, 9, 11])
+
+    def fit() -> Learner:
+        torch.manual_seed(0)
+        learn = Learner(tiny_model(), (batches, batches[:2]), F.cross_entropy, metrics=[accuracy])
+        learn.progress_bar.enabled = False
+        learn.fit(2)
+        return learn
+
+    as_numbers = fit()
+    assert all(isinstance(v, float) for v in as_numbers.recorder._chunks[0].tolist())
+    for module in (stats, recorder):  # keep tensors, as on a GPU
+        monkeypatch.setattr(module, "kept", torch.Tensor.detach)
+    as_tensors = fit()
+    assert as_numbers.avg_stats.history == as_tensors.avg_stats.history
+    assert as_numbers.recorder.losses == as_tensors.recorder.losses
+    assert as_numbers.recorder._loss_tensor().dtype == as_tensors.recorder._loss_tensor().dtype == torch.float32
+    assert stats.kept is torch.Tensor.detach and isinstance(recorder.kept(torch.tensor(2.0, device="meta")), torch.Tensor)
+
+
+def test_kept_reads_cpu_values_and_detaches_others():
+    from loopkit.callbacks.stats import kept
+
+    loss = torch.tensor(1.5, requires_grad=True) * 2
+    assert kept(loss) == 3.0 and isinstance(kept(loss), float)
+    on_meta = kept(torch.ones((), device="meta", requires_grad=True) * 2)
+    assert isinstance(on_meta, torch.Tensor) and on_meta.device.type == "meta" and not on_meta.requires_grad
 
 
 def test_sync_counter_sees_a_per_batch_item(monkeypatch):
