@@ -508,7 +508,8 @@ def test_torch_scheduler_state_is_checkpointed_so_a_resumed_fit_continues_it(tmp
     straight = make()
     straight.fit(3, cbs=[TorchScheduler(one_cycle_lr), SaveModel("train_loss", every_epoch=True, path=tmp_path / "m.pt")])
     resumed = make()
-    resumed.fit(3, cbs=[TorchScheduler(one_cycle_lr)], resume=tmp_path / "m_epoch0.pt")
+    resumed.fit(3, cbs=[TorchScheduler(one_cycle_lr), SaveModel("train_loss", every_epoch=True, path=tmp_path / "r.pt")],
+                resume=tmp_path / "m_epoch0.pt")  # fmt: skip
     assert resumed.recorder.lrs == straight.recorder.lrs and len(set(straight.recorder.lrs)) == 9
     assert torch.equal(resumed.model.weight, straight.model.weight)
 

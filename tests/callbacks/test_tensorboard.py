@@ -113,7 +113,8 @@ def test_a_resumed_fit_continues_the_run_without_duplicate_steps(tmp_path):
     interrupted = read_run(resumed)
     assert steps(interrupted, "batch/loss") == list(range(1, 11))  # with epoch 2's two batches, written at after_fit
     learn = learner()
-    learn.fit(4, cbs=[TensorBoardLogger(resumed)], resume=tmp_path / "ckpt_epoch1.pt")
+    learn.fit(4, cbs=[TensorBoardLogger(resumed), SaveModel(path=tmp_path / "again.pt", every_epoch=True)],
+              resume=tmp_path / "ckpt_epoch1.pt")  # fmt: skip
     got = read_run(resumed)
     for tag in ("batch/loss", "batch/lr", "train/loss", "valid/loss", "valid/accuracy", "hparam/valid_loss"):
         assert steps(got, tag) == steps(want, tag), tag
