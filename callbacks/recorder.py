@@ -115,8 +115,11 @@ class Recorder(Callback):
         # One stack per _FOLD_EVERY batches: a few bytes a batch kept, not a tensor object each.
         pending = self._pending
         if pending:
-            numbers = isinstance(pending[0], float)
-            self._chunks.append(torch.tensor(pending, dtype=self._pending_dtype) if numbers else torch.stack(pending))
+            if isinstance(pending[0], float):  # numbers, kept from CPU losses (a fit's losses share a device)
+                chunk = torch.tensor(pending, dtype=self._pending_dtype)
+            else:
+                chunk = torch.stack(pending)  # type: ignore[arg-type]  # tensors, kept on their device
+            self._chunks.append(chunk)
             self._n_folded += len(self._pending)
             self._pending = []
 
