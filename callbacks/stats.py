@@ -83,12 +83,8 @@ class WeightedSums:
         sizes = self._sizes
         if not sizes and self._sums is None:
             check_values(values)
-        if self.n_values == 1:  # the loss alone, on every batch without metrics: no loop
-            value = values[0]
-            self._columns[0].append(kept(value) if isinstance(value, torch.Tensor) else value)
-        else:
-            for column, value in zip(self._columns, values):
-                column.append(kept(value) if isinstance(value, torch.Tensor) else value)
+        for column, value in zip(self._columns, values):
+            column.append(kept(value) if isinstance(value, torch.Tensor) else value)
         sizes.append(n)
         if len(sizes) >= self.fold_every:
             self._fold()

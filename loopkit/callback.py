@@ -80,7 +80,7 @@ class Callback:
         own = self.__dict__  # an attribute the callback already has is set at once (the hot path)
         if (
             attr not in own
-            and attr[0] != "_"
+            and attr[:1] != "_"
             and (learn := own.get("learn")) is not None
             and attr in learn.__dict__
         ):
